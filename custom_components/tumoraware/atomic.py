@@ -1,0 +1,76 @@
+"""Write files so a crash or Ctrl-C never leaves a half-written file behind.
+
+Every writer in tumoraware goes through :func:`atomic_path`: the content is written to a
+temporary sibling (same folder, so ``os.replace`` is an atomic rename on POSIX and Windows),
+and only a complete file is moved over the destination. What was there before survives
+any failure untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+
+__all__ = ["atomic_path", "save_nifti_atomic", "write_json_atomic", "write_text_atomic"]
+
+
+def _full_suffix(path: Path) -> str:
+    """``.nii.gz`` for ``a.nii.gz`` (nibabel picks the format from the whole suffix)."""
+    return "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``destination``; rename it over ``destination`` on success.
+
+    The temporary name keeps the destination's suffix (``.nii.gz``, ``.png``, ...) because
+    writers such as nibabel and matplotlib choose the format from it. On any exception the
+    temporary file is removed and ``destination`` is left as it was.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{destination.name}.", suffix=f".tmp{_full_suffix(destination)}",
+        dir=destination.parent,
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual mode
+    try:
+        yield tmp
+        os.replace(tmp, destination)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(destination: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``destination`` atomically and return the path."""
+    with atomic_path(destination) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(destination)
+
+
+def write_json_atomic(destination: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented, key-stable JSON (one trailing newline) atomically."""
+    return write_text_atomic(destination, json.dumps(data, indent=2) + "\n")
+
+
+def save_nifti_atomic(image: nib.Nifti1Image, destination: str | os.PathLike) -> Path:
+    """Save a NIfTI image atomically (``.nii`` or ``.nii.gz``, chosen by the destination)."""
+    with atomic_path(destination) as tmp:
+        nib.save(image, tmp)
+    return Path(destination)
