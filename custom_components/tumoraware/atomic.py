@@ -43,7 +43,8 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=f".tmp{_full_suffix(destination)}",
+        prefix=f".{destination.name}.",
+        suffix=f".tmp{_full_suffix(destination)}",
         dir=destination.parent,
     )
     os.close(fd)

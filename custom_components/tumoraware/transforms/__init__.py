@@ -1,0 +1,20 @@
+"""MONAI dictionary transforms for the tumour-aware CT to MRI pipeline.
+
+- :class:`CTWindowd`: CT window [-1000, 500] HU to [-1, 1], with a Hounsfield-unit check.
+- :class:`RobustMRINormalized`: per-volume percentile scaling of MRI to [-1, 1].
+- :class:`TumourRegionCropd`: square (in mm) tumour-region crop, resized to 256 x 256.
+- :class:`VolumeToSlicesd`: volume to 2D axial slice samples (tumour slices + tumour-free share).
+"""
+
+from tumoraware.transforms.crop import TumourRegionCropd, square_tumour_box
+from tumoraware.transforms.intensity import CTWindowd, RobustMRINormalized, source_name
+from tumoraware.transforms.slices import VolumeToSlicesd
+
+__all__ = [
+    "CTWindowd",
+    "RobustMRINormalized",
+    "TumourRegionCropd",
+    "VolumeToSlicesd",
+    "source_name",
+    "square_tumour_box",
+]
