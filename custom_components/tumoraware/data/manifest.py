@@ -31,6 +31,8 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from tumoraware.hounsfield import diagnose_hu
+
 __all__ = [
     "METADATA_KEYS",
     "SCHEMA_PATH",
@@ -51,13 +53,6 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 AFFINE_ATOL_MM = 1e-3
 """Image and label affines may differ by this much (mm) and still count as the same grid."""
 
-# A chest CT in Hounsfield units holds air (about -1000 HU), so its minimum lies below this value.
-HU_AIR_MAX = -500.0
-# Plausible HU values. The floor sits a little below -3000 because scanners pad the area outside
-# the reconstruction circle with -3024 HU (-1024 - 2000), which is common in TCIA CTs.
-HU_RANGE = (-3100.0, 4000.0)
-# Raw stored CT values (before RescaleSlope/RescaleIntercept) are unsigned 12-bit.
-RAW_STORED_RANGE = (0.0, 4095.0)
 
 _UNLABELLED_SPLIT = re.compile(r"unlabell?ed")
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array",
@@ -510,36 +505,12 @@ def _intensity_problems(
         problems.append(ManifestProblem(file, problem, fix, split))
     if modality != "CT" or n_bad == volume.data.size:
         return problems
-    found = f"values span [{lo:g}, {hi:g}]"
-    if lo >= -1.0 and hi <= 1.0:
-        problem = f"{where}.image is CT but {found}: it looks already normalised, not HU."
-        fix = (
-            "supply raw HU (air about -1000, soft tissue 0 to 100); the pipeline applies its own "
-            "HU window."
-        )
-    elif RAW_STORED_RANGE[0] <= lo and hi <= RAW_STORED_RANGE[1]:
-        problem = (
-            f"{where}.image is CT but {found}, all non-negative: these look like raw stored "
-            "values, not HU."
-        )
-        fix = (
-            "apply RescaleSlope/RescaleIntercept (HU = stored * slope + intercept, typically "
-            "intercept -1024) when converting from DICOM."
-        )
-    elif lo < HU_RANGE[0] or hi > HU_RANGE[1]:
-        problem = (
-            f"{where}.image is CT but {found}, outside the Hounsfield range "
-            f"[{HU_RANGE[0]:g}, {HU_RANGE[1]:g}]."
-        )
-        fix = "check the conversion (rescale slope/intercept, data type overflow) and re-export."
-    elif lo > HU_AIR_MAX:
-        problem = (
-            f"{where}.image is CT but {found}: no air (a chest CT in HU has a minimum near "
-            f"-1000, at least below {HU_AIR_MAX:g})."
-        )
-        fix = "supply the unclipped, unwindowed CT in HU (RescaleSlope/RescaleIntercept applied)."
-    else:
+    diagnosis = diagnose_hu(lo, hi, require_air=True)
+    if diagnosis is None:
         return problems
+    problem, fix = diagnosis
+    problem = f"{where}.image is CT but its values span [{lo:g}, {hi:g}]: {problem}."
+    fix = f"{fix}."
     problems.append(ManifestProblem(file, problem, fix, split))
     return problems
 

@@ -96,6 +96,9 @@ class TumourRegionCropd(MapTransform, InvertibleTransform):
             at ``floor(i * scale)``, which shifts the label by half an output pixel against the
             bilinear image and against the affine MONAI writes; ``"nearest-exact"`` samples pixel
             centres like ``"bilinear"`` with ``align_corners=False``.
+            When the region is larger than ``spatial_size`` (downsampling), nearest sampling,
+            like any nearest resize, can skip a structure thinner than one output pixel, e.g. the
+            one-pixel cap of a tumour on its first slice; the region itself always contains it.
         padding_mode: ``numpy.pad`` / ``torch.nn.functional.pad`` mode where the region leaves
             the image, one per key or one for all. Default ``("edge", "constant")``: the image
             repeats its edge values; the label is padded with 0, since repeating its edge would

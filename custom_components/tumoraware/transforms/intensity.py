@@ -19,6 +19,8 @@ from monai.data import MetaTensor
 from monai.transforms import ScaleIntensityRanged, ScaleIntensityRangePercentilesd
 from monai.transforms.utils_pytorch_numpy_unification import percentile
 
+from tumoraware.hounsfield import HU_RANGE, diagnose_hu
+
 __all__ = ["CTWindowd", "RobustMRINormalized", "source_name"]
 
 
@@ -104,7 +106,7 @@ class CTWindowd(ScaleIntensityRanged):
         b_min: float = -1.0,
         b_max: float = 1.0,
         check_hu: bool = True,
-        hu_range: tuple[float, float] = (-3024.0, 4000.0),
+        hu_range: tuple[float, float] = HU_RANGE,
         dtype: DtypeLike = np.float32,
         allow_missing_keys: bool = False,
     ) -> None:
@@ -134,25 +136,13 @@ class CTWindowd(ScaleIntensityRanged):
         t = _as_float_tensor(img)
         _check_finite(t, name)
         lo, hi = float(t.min()), float(t.max())
-        got = f"got intensities in [{lo:g}, {hi:g}]"
-        if lo >= -1.5 and hi <= 1.5:
+        diagnosis = diagnose_hu(lo, hi, self.hu_range)
+        if diagnosis is not None:
+            problem, fix = diagnosis
             raise ValueError(
-                f"{name}: expected a CT in Hounsfield units (air about -1000 HU), {got}: the image "
-                "looks already normalised. Fix: supply the raw HU volume and let CTWindowd do the "
-                "scaling (remove the earlier normalisation)."
-            )
-        if lo >= 0.0 and hi <= 4095.0:
-            raise ValueError(
-                f"{name}: expected a CT in Hounsfield units (air about -1000 HU), {got}: these "
-                "look like raw stored DICOM values. Fix: apply RescaleSlope/RescaleIntercept "
-                "(HU = stored * slope + intercept) when converting to NIfTI."
-            )
-        if lo < self.hu_range[0] or hi > self.hu_range[1]:
-            raise ValueError(
-                f"{name}: expected a CT in Hounsfield units within [{self.hu_range[0]:g}, "
-                f"{self.hu_range[1]:g}], {got}. Fix: check the DICOM to NIfTI conversion "
-                "(RescaleSlope/RescaleIntercept, data type overflow); set scanner padding values "
-                "to -1000; or widen hu_range / pass check_hu=False if the values are genuine HU."
+                f"{name}: expected a CT in Hounsfield units (air about -1000 HU), got intensities "
+                f"in [{lo:g}, {hi:g}]: {problem}. Fix: {fix}; or widen hu_range / pass "
+                "check_hu=False if the values are genuine HU."
             )
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
