@@ -1,0 +1,65 @@
+"""The command line, run as users run it: real subprocesses, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "PAGER": "cat", "PYTHONUNBUFFERED": "1"}
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tumoraware", *args],
+        capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300,
+    )  # fmt: skip
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).with_name("tumoraware")
+    assert script.exists(), "pip install -e . must install the `tumoraware` console script"
+
+
+def test_phantoms_command_writes_world_and_manifest(tmp_path):
+    result = _run("phantoms", "--profile", "tiny", "--seed", "5", "--out_dir", "w",
+                  "--manifest", "m/phantoms.json", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "m" / "phantoms.json").read_text())
+    assert manifest["generator"]["seed"] == 5
+    first = tmp_path / "m" / manifest["ct_train"][0]["image"]
+    assert first.resolve().is_file()
+
+
+def test_unknown_profile_exits_2_with_the_choices(tmp_path):
+    result = _run("phantoms", "--profile", "huge", "--out_dir", str(tmp_path / "w"))
+    assert result.returncode == 2
+    assert "Unknown phantom profile 'huge'" in result.stderr and "demo" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_manifest_validate_exit_codes(tiny_world, tmp_path):
+    _, manifest = tiny_world
+    good = _run("manifest", "validate", str(manifest), "--deep")
+    assert good.returncode == 0, good.stderr
+    assert "OK" in good.stdout
+
+    broken = json.loads(manifest.read_text())
+    broken["ct_train"][0]["image"] = "../missing/ct_image.nii.gz"
+    bad_manifest = manifest.parent / "broken.json"
+    bad_manifest.write_text(json.dumps(broken))
+    bad = _run("manifest", "validate", str(bad_manifest))
+    assert bad.returncode == 2
+    assert "ct_image.nii.gz" in bad.stderr and "Fix:" in bad.stderr
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"name": 3}'])
+def test_manifest_validate_reports_broken_json(tmp_path, content):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    result = _run("manifest", "validate", str(path))
+    assert result.returncode == 2 and str(path) in result.stderr
