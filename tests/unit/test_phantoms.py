@@ -22,6 +22,7 @@ from tumoraware.data.phantoms import (
     synthesise_scan,
 )
 from tumoraware.data.phantoms.appearance import sample_mri_appearance
+from tumoraware.data.phantoms.preview import preview_paths
 from tumoraware.data.phantoms.tissues import SOFT_TISSUE_NEAR_TUMOUR, TUMOUR_TISSUES
 
 from ..conftest import REPO_ROOT
@@ -289,5 +290,6 @@ def test_previews_are_real_pngs_for_each_split(tiny_world):
     out_dir, _ = tiny_world
     pngs = sorted((out_dir / "preview").glob("*.png"))
     assert [p.stem for p in pngs] == ["ct_train", "mri_test", "mri_validation", "mri_week1"]
+    assert sorted(preview_paths(out_dir, plan_world(TINY, 0))) == pngs
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and os.path.getsize(png) > 20_000

@@ -22,7 +22,7 @@ from tumoraware.atomic import atomic_path
 from .profiles import PhantomProfile
 from .world import ScanPlan
 
-__all__ = ["write_previews"]
+__all__ = ["preview_paths", "write_previews"]
 
 _SPLITS = {
     "ct_train": lambda p: p.cohort == "ct",
@@ -68,6 +68,15 @@ def _draw_case(
             ax.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
         ax.set_axis_off()
     ax_axial.set_title(title, fontsize=8)
+
+
+def preview_paths(out_dir: Path, plans: list[ScanPlan]) -> list[Path]:
+    """The PNGs :func:`write_previews` writes for ``plans``: one per non-empty split."""
+    return [
+        out_dir / "preview" / f"{split}.png"
+        for split, selects in _SPLITS.items()
+        if any(selects(p) for p in plans)
+    ]
 
 
 def write_previews(

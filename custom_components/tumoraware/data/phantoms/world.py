@@ -291,9 +291,10 @@ def generate_world(
         truths[plan.stem] = scan.truth
         write_json_atomic(truth_file, truths)
     if preview:
-        from .preview import write_previews
+        from .preview import preview_paths, write_previews
 
-        write_previews(out_dir, plans, prof)
+        if todo or not all(p.exists() for p in preview_paths(out_dir, plans)):
+            write_previews(out_dir, plans, prof)
     data = build_manifest(plans, out_dir, manifest, seed, prof)
     write_json_atomic(manifest, data)
     logger.info(
