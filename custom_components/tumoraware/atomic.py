@@ -18,7 +18,13 @@ from typing import Any
 
 import nibabel as nib
 
-__all__ = ["atomic_path", "save_nifti_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "atomic_path",
+    "save_nifti_atomic",
+    "save_volume_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 
 def _full_suffix(path: Path) -> str:
@@ -75,3 +81,12 @@ def save_nifti_atomic(image: nib.Nifti1Image, destination: str | os.PathLike) ->
     with atomic_path(destination) as tmp:
         nib.save(image, tmp)
     return Path(destination)
+
+
+def save_volume_atomic(array, affine, destination: str | os.PathLike) -> Path:
+    """Save ``array`` with its RAS ``affine`` as NIfTI: scanner sform/qform, mm units."""
+    image = nib.Nifti1Image(array, affine)
+    image.set_sform(affine, code=1)  # scanner coordinates
+    image.set_qform(affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    return save_nifti_atomic(image, destination)

@@ -17,12 +17,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
 from tumoraware import __version__
-from tumoraware.atomic import save_nifti_atomic, write_json_atomic
+from tumoraware.atomic import save_volume_atomic, write_json_atomic
 
 from .anatomy import ThoraxAnatomy, sample_anatomy
 from .appearance import (
@@ -183,14 +182,6 @@ def synthesise_scan(seed: int, plan: ScanPlan, profile: PhantomProfile) -> Scan:
     return Scan(plan, image, label, tissue, grid, truth)
 
 
-def _nifti(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
-    image = nib.Nifti1Image(array, affine)
-    image.set_sform(affine, code=1)  # scanner coordinates
-    image.set_qform(affine, code=1)
-    image.header.set_xyzt_units("mm", "sec")
-    return image
-
-
 def _config(profile: PhantomProfile, seed: int) -> dict:
     config = {"generator_version": GENERATOR_VERSION, "seed": seed, "profile": asdict(profile)}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
@@ -286,8 +277,8 @@ def generate_world(
         scan = synthesise_scan(seed, plan, prof)
         image_path, label_path = plan.paths(out_dir)
         affine = scan.grid.affine
-        save_nifti_atomic(_nifti(scan.label, affine), label_path)
-        save_nifti_atomic(_nifti(scan.image, affine), image_path)  # image last: marks completion
+        save_volume_atomic(scan.label, affine, label_path)
+        save_volume_atomic(scan.image, affine, image_path)
         truths[plan.stem] = scan.truth
         write_json_atomic(truth_file, truths)
     if preview:

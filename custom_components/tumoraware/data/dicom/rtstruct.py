@@ -1,0 +1,164 @@
+"""Rasterise an RTSTRUCT ROI onto the grid of the CT series it was drawn on.
+
+Why not a library: measured on generated DICOM with analytic truth, rt-utils dilates masks by a
+pixel and breaks on non-square images, dcmrtstruct2nii and platipy do not import with pydicom 3
+and misplace slices after a gap, plastimatch fills holes by default. The rules here:
+
+- each contour is matched to its slice by ContourImageSequence's ReferencedSOPInstanceUID when
+  present, else by the distance of its plane to the slice planes (at most a quarter of the
+  slice spacing), and projected in-plane with *that slice's* origin and orientation, so prone,
+  oblique, coronal and gantry-tilted series work alike;
+- a pixel is inside when its centre is inside the contour (:mod:`.scanline`, no dilation);
+- several contours on one slice combine by XOR, so holes stay holes;
+- contours with fewer than 3 points, open or point contours, and contours between slices are
+  skipped with a :class:`DicomWarning`; contours leaving the image are clipped, never dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from .scanline import fill_polygons
+from .series import DicomError, DicomSeries, dcmread_lenient
+
+__all__ = ["DicomWarning", "list_rois", "rasterise_roi", "read_rtstruct", "referenced_series_uid"]
+
+
+class DicomWarning(UserWarning):
+    """Something in a DICOM file was skipped; the conversion went on."""
+
+
+def read_rtstruct(path: str | os.PathLike) -> pydicom.Dataset:
+    """Read an RT Structure Set, with a clear error when ``path`` is anything else."""
+    path = Path(path)
+    try:
+        ds = dcmread_lenient(path)
+    except FileNotFoundError:
+        raise DicomError(f"{path}: no such file. Fix: pass the RTSTRUCT file.") from None
+    except (InvalidDicomError, OSError, EOFError) as error:
+        raise DicomError(
+            f"{path}: not a readable DICOM file ({error}). Fix: re-export it."
+        ) from error
+    if ds.get("Modality") != "RTSTRUCT" or "StructureSetROISequence" not in ds:
+        raise DicomError(
+            f"{path}: Modality {ds.get('Modality', 'missing')!r}, not an RT Structure Set. "
+            "Fix: pass the RTSTRUCT file of the series (Modality RTSTRUCT)."
+        )
+    ds.filename = str(path)
+    return ds
+
+
+def _as_dataset(rtstruct: str | os.PathLike | pydicom.Dataset) -> pydicom.Dataset:
+    return rtstruct if isinstance(rtstruct, pydicom.Dataset) else read_rtstruct(rtstruct)
+
+
+def list_rois(rtstruct: str | os.PathLike | pydicom.Dataset) -> list[str]:
+    """The ROI names the structure set defines, in file order."""
+    return [str(item.get("ROIName", "")) for item in _as_dataset(rtstruct).StructureSetROISequence]
+
+
+def referenced_series_uid(rtstruct: str | os.PathLike | pydicom.Dataset) -> str | None:
+    """SeriesInstanceUID of the image series the contours were drawn on, if the file says."""
+    ds = _as_dataset(rtstruct)
+    for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
+        for study in frame.get("RTReferencedStudySequence", []):
+            for series in study.get("RTReferencedSeriesSequence", []):
+                if "SeriesInstanceUID" in series:
+                    return str(series.SeriesInstanceUID)
+    return None
+
+
+def _roi_number(ds: pydicom.Dataset, roi: str) -> int:
+    wanted = roi.strip().casefold()
+    for item in ds.StructureSetROISequence:
+        if str(item.get("ROIName", "")).strip().casefold() == wanted:
+            return int(item.ROINumber)
+    raise DicomError(
+        f"{ds.filename}: no ROI named {roi!r}; the structure set has {list_rois(ds)}. "
+        "Fix: pass one of these names with --roi (matching ignores case)."
+    )
+
+
+def _contours(ds: pydicom.Dataset, number: int, roi: str) -> list[tuple[np.ndarray, str | None]]:
+    """``(points (N, 3) LPS mm, referenced SOPInstanceUID or None)`` of each closed contour."""
+    contours = []
+    for roi_contour in ds.get("ROIContourSequence", []):
+        if int(roi_contour.get("ReferencedROINumber", -1)) != number:
+            continue
+        for index, item in enumerate(roi_contour.get("ContourSequence", [])):
+            kind = str(item.get("ContourGeometricType", "CLOSED_PLANAR"))
+            points = np.asarray(item.get("ContourData", []), dtype=float).reshape(-1, 3)
+            where = f"{ds.filename}: ROI {roi!r} contour {index}"
+            if kind != "CLOSED_PLANAR":
+                warnings.warn(f"{where} is {kind}, not CLOSED_PLANAR; skipped.", DicomWarning, 3)
+                continue
+            if len(points) < 3:
+                warnings.warn(f"{where} has {len(points)} point(s), fewer than 3; skipped.",
+                              DicomWarning, 3)  # fmt: skip
+                continue
+            images = item.get("ContourImageSequence", [])
+            uid = str(images[0].ReferencedSOPInstanceUID) if images else None
+            contours.append((points, uid))
+    return contours
+
+
+def _slice_of(points: np.ndarray, uid: str | None, stack, lookup: dict[str, int]) -> int | None:
+    """Index of the acquired slice a contour lies on, or None when it lies between slices."""
+    distance = float(np.mean(points @ stack.normal))
+    if uid is not None and uid in lookup:
+        return lookup[uid]
+    spacing = float(np.median(np.diff(stack.positions))) if len(stack.positions) > 1 else 1.0
+    k = int(np.argmin(np.abs(stack.positions - distance)))
+    return k if abs(stack.positions[k] - distance) <= spacing / 4.0 else None
+
+
+def rasterise_roi(
+    rtstruct: str | os.PathLike | pydicom.Dataset, series: DicomSeries, roi: str = "GTV-1"
+) -> np.ndarray:
+    """Binary mask of ``roi`` on ``series``'s grid: uint8, shape ``series.array.shape``.
+
+    Raises:
+        DicomError: unknown ROI (the message lists the ones that exist) or no usable contour.
+    """
+    ds = _as_dataset(rtstruct)
+    stack = series.stack
+    contours = _contours(ds, _roi_number(ds, roi), roi)
+    lookup = {uid: k for k, uid in enumerate(stack.sop_uids)}
+    per_slice: dict[int, list[np.ndarray]] = defaultdict(list)
+    for points, uid in contours:
+        k = _slice_of(points, uid, stack, lookup)
+        if k is None:
+            where = float(np.mean(points @ stack.normal))
+            warnings.warn(
+                f"{ds.filename}: ROI {roi!r} has a contour at {where:.2f} mm along the slice "
+                "normal, on no slice of the series; skipped.", DicomWarning, 2,
+            )  # fmt: skip
+            continue
+        offset = points - stack.origins[k]
+        per_slice[k].append(
+            np.column_stack(
+                (
+                    offset @ stack.row_dir / stack.row_spacing,
+                    offset @ stack.col_dir / stack.col_spacing,
+                )
+            )
+        )
+    if not per_slice:
+        raise DicomError(
+            f"{ds.filename}: ROI {roi!r} has no contour on series {series.series_uid}. Fix: check "
+            "that the RTSTRUCT belongs to this series and that the ROI was contoured."
+        )
+    acquired = np.zeros((stack.n_cols, stack.n_rows, len(stack.positions)), dtype=np.uint8)
+    for k, polygons in per_slice.items():
+        acquired[:, :, k] = fill_polygons(polygons, (stack.n_rows, stack.n_cols)).T
+    if not series.resampled:
+        return acquired
+    nearest = np.abs(series.grid_positions[:, None] - stack.positions[None, :]).argmin(axis=1)
+    return acquired[:, :, nearest]

@@ -1,0 +1,336 @@
+"""Read one DICOM image series into a volume with its true geometry.
+
+Slices are ordered by ImagePositionPatient projected on the slice normal, never by file name or
+InstanceNumber (both are unreliable in real exports), and any ImageOrientationPatient works:
+axial, prone, oblique, coronal. Geometry follows the standard (as dcm2niix and ITK read it):
+
+- ``r = IOP[0:3]`` is the direction of increasing column index, ``c = IOP[3:6]`` of increasing
+  row index, ``n = r × c`` the slice normal;
+- ``PixelSpacing = [row spacing, column spacing]``: the distance between rows (along ``c``) and
+  between columns (along ``r``);
+- the volume is stored in NIfTI voxel order ``array[i, j, k]`` = column ``i``, row ``j``, sorted
+  slice ``k`` (``pixel_array.T`` per slice), and ``affine_lps`` maps ``(i, j, k)`` to DICOM
+  patient coordinates (LPS mm). NIfTI stores RAS: ``affine_ras = diag(-1, -1, 1) · affine_lps``.
+
+A missing slice or non-uniform spacing is an error that says where the gap is, unless
+``allow_gaps=True``, which resamples onto a uniform grid along the normal (linear for the image)
+and records it (``resampled``). Pixel data and headers come from pydicom; hand-written is only
+the geometry bookkeeping, which no library exposes with these checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+__all__ = [
+    "LPS_TO_RAS",
+    "DicomError",
+    "DicomSeries",
+    "dcmread_lenient",
+    "find_series",
+    "read_dicom_series",
+]
+
+logger = logging.getLogger(__name__)
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+"""DICOM patient coordinates (LPS) to NIfTI world coordinates (RAS)."""
+
+_IOP_TOLERANCE = 1e-4  # direction cosines that differ more than this mean another orientation
+_GAP_TOLERANCE = 0.05  # a spacing more than 5 % off the median is a gap or non-uniform spacing
+_DUPLICATE_MM = 1e-3
+
+
+class DicomError(ValueError):
+    """A DICOM input we cannot convert correctly; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class SliceStack:
+    """The acquired slices, sorted along the normal: what contours are matched against.
+
+    ``positions`` are distances (mm) along ``normal``; ``origins`` the ImagePositionPatient of
+    each slice ``(K, 3)``; ``row_dir``/``col_dir`` are IOP's ``c`` and ``r``.
+    """
+
+    origins: np.ndarray
+    positions: np.ndarray
+    sop_uids: tuple[str, ...]
+    row_dir: np.ndarray
+    col_dir: np.ndarray
+    normal: np.ndarray
+    row_spacing: float
+    col_spacing: float
+    n_rows: int
+    n_cols: int
+
+
+@dataclass
+class DicomSeries:
+    """A volume in NIfTI voxel order with its geometry.
+
+    Attributes:
+        array: ``(n_cols, n_rows, n_slices)``; CT in HU (int16), other modalities float32 with
+            RescaleSlope/Intercept applied.
+        affine_lps: 4×4 voxel ``(i, j, k)`` → patient LPS mm.
+        sop_uids: SOPInstanceUID of each slice ``k`` ("" for a slice made by resampling).
+        series_uid, frame_of_reference_uid, modality: from the headers.
+        files: the files of the series, in slice order.
+        resampled: True when ``allow_gaps`` resampled the slices onto a uniform grid.
+        stack: the acquired slices (differs from the grid only when ``resampled``).
+    """
+
+    array: np.ndarray
+    affine_lps: np.ndarray
+    sop_uids: list[str]
+    series_uid: str
+    frame_of_reference_uid: str
+    modality: str
+    files: list[Path]
+    resampled: bool = False
+    stack: SliceStack | None = field(default=None, repr=False)
+
+    @property
+    def affine_ras(self) -> np.ndarray:
+        """The affine NIfTI stores (RAS world)."""
+        return LPS_TO_RAS @ self.affine_lps
+
+    @property
+    def grid_positions(self) -> np.ndarray:
+        """Position (mm along the slice normal) of every slice of ``array``."""
+        origin = self.affine_lps[:3, 3]
+        step = self.affine_lps[:3, 2]
+        normal = self.stack.normal if self.stack is not None else step / np.linalg.norm(step)
+        return float(origin @ normal) + np.arange(self.array.shape[2]) * float(step @ normal)
+
+
+def dcmread_lenient(path: str | os.PathLike, **kwargs) -> pydicom.Dataset:
+    """``pydicom.dcmread``, also for files without the 128-byte preamble and file meta.
+
+    Older exports (and pydicom's own ``rtstruct.dcm``) lack them; forcing is accepted only when
+    the result is recognisably DICOM (it has a SOPClassUID or a Modality).
+    """
+    try:
+        return pydicom.dcmread(path, **kwargs)
+    except InvalidDicomError:
+        ds = pydicom.dcmread(path, force=True, **kwargs)
+        if "SOPClassUID" not in ds and "Modality" not in ds:
+            raise
+        return ds
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DicomError(f"{folder}: not a folder. Fix: pass the folder that holds the series.")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def find_series(folder: str | os.PathLike) -> dict[str, list[pydicom.Dataset]]:
+    """Image datasets under ``folder`` grouped by SeriesInstanceUID (pixel data deferred).
+
+    Files that are not DICOM, and DICOM objects without pixels and geometry (RTSTRUCT, RTPLAN,
+    SR, ...), are skipped.
+    """
+    groups: dict[str, list[pydicom.Dataset]] = defaultdict(list)
+    for path in _dicom_files(Path(folder)):
+        try:
+            ds = dcmread_lenient(path, defer_size="1 KB")
+        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError):
+            continue
+        if "PixelData" in ds and "ImagePositionPatient" in ds and "SeriesInstanceUID" in ds:
+            ds.filename = str(path)
+            groups[str(ds.SeriesInstanceUID)].append(ds)
+    return dict(groups)
+
+
+def _describe(groups: dict[str, list[pydicom.Dataset]]) -> str:
+    return "; ".join(
+        f"{uid} ({ds[0].get('Modality', '?')}, {len(ds)} files, "
+        f"{ds[0].get('SeriesDescription', 'no description')!s})"
+        for uid, ds in groups.items()
+    )
+
+
+def _select(groups: dict[str, list[pydicom.Dataset]], folder: Path, series_uid: str | None):
+    if not groups:
+        raise DicomError(
+            f"{folder}: no DICOM image series found (no file with pixel data and "
+            "ImagePositionPatient). Fix: point to the folder holding the CT/MR slices."
+        )
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise DicomError(
+                f"{folder}: series {series_uid} (referenced by the RTSTRUCT) is not in this "
+                f"folder; found: {_describe(groups)}. Fix: pass the referenced series' folder."
+            )
+        return groups[series_uid]
+    if len(groups) > 1:
+        raise DicomError(
+            f"{folder}: {len(groups)} series in one folder: {_describe(groups)}. Fix: pass "
+            "series_uid, or an RTSTRUCT (its referenced series is used)."
+        )
+    return next(iter(groups.values()))
+
+
+def _geometry(slices: list[pydicom.Dataset]) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """IOP row/column directions and pixel spacings, checked to agree across the series."""
+    first = slices[0]
+    for tag in ("ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
+        if tag not in first:
+            raise DicomError(f"{first.filename}: missing {tag}. Fix: re-export the series.")
+    iop = np.asarray(first.ImageOrientationPatient, dtype=float)
+    spacing = np.asarray(first.PixelSpacing, dtype=float)
+    for ds in slices[1:]:
+        other = np.asarray(ds.get("ImageOrientationPatient", iop), dtype=float)
+        if np.abs(other - iop).max() > _IOP_TOLERANCE:
+            raise DicomError(
+                f"{ds.filename}: ImageOrientationPatient {other.tolist()} differs from "
+                f"{first.filename}'s {iop.tolist()}: the series mixes orientations (e.g. a "
+                "scout or a reformat). Fix: remove the odd files or export one orientation."
+            )
+        if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
+            raise DicomError(
+                f"{ds.filename}: {ds.Rows}×{ds.Columns} pixels, but {first.filename} has "
+                f"{first.Rows}×{first.Columns}. Fix: remove files that belong to another series."
+            )
+    col_dir, row_dir = iop[:3], iop[3:]
+    return row_dir, col_dir, float(spacing[0]), float(spacing[1])
+
+
+def _check_spacing(positions: np.ndarray, files: list[str], folder: Path) -> None:
+    steps = np.diff(positions)
+    for k in np.nonzero(steps < _DUPLICATE_MM)[0]:
+        raise DicomError(
+            f"{files[k + 1]}: same slice position ({positions[k]:.3f} mm along the normal) as "
+            f"{files[k]}. Fix: the folder holds two acquisitions; keep one."
+        )
+    regular = float(np.median(steps))
+    for k in np.nonzero(np.abs(steps - regular) > _GAP_TOLERANCE * regular)[0]:
+        missing = round(steps[k] / regular) - 1
+        kind = (
+            f"{missing} slice(s) missing"
+            if missing >= 1 and abs(steps[k] - (missing + 1) * regular) < _GAP_TOLERANCE * regular
+            else "non-uniform slice spacing"
+        )
+        raise DicomError(
+            f"{folder}: {kind}: gap of {steps[k]:.3f} mm between slices at {positions[k]:.3f} mm "
+            f"and {positions[k + 1]:.3f} mm along the slice normal (regular spacing "
+            f"{regular:.3f} mm; files {Path(files[k]).name}, {Path(files[k + 1]).name}). Fix: "
+            "re-download the series, or pass --allow_gaps to resample onto a uniform grid."
+        )
+
+
+def _pixels(ds: pydicom.Dataset, as_hu: bool) -> np.ndarray:
+    """One slice in NIfTI order ``(cols, rows)`` with RescaleSlope/Intercept applied."""
+    try:
+        pixels = ds.pixel_array
+    except Exception as error:  # pydicom raises several types for unreadable pixel data
+        raise DicomError(
+            f"{ds.filename}: pixel data cannot be decoded ({error}). Fix: re-export it "
+            "uncompressed, or install the pydicom pixel-data plugin for its transfer syntax."
+        ) from error
+    slope, intercept = float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))
+    values = (
+        pixels.astype(np.float32) * slope + intercept
+        if as_hu or slope != 1 or intercept
+        else pixels
+    )
+    return values.T
+
+
+def _resample(array: np.ndarray, positions: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Linear interpolation of slices (last axis) from ``positions`` onto ``grid`` (mm)."""
+    upper = np.clip(np.searchsorted(positions, grid, side="right"), 1, len(positions) - 1)
+    lower = upper - 1
+    weight = ((grid - positions[lower]) / (positions[upper] - positions[lower])).astype(np.float32)
+    return array[..., lower] * (1 - weight) + array[..., upper] * weight
+
+
+def uniform_grid(positions: np.ndarray) -> np.ndarray:
+    """Evenly spaced positions from the first to the last slice at the median spacing."""
+    regular = float(np.median(np.diff(positions)))
+    count = round((positions[-1] - positions[0]) / regular) + 1
+    return positions[0] + np.arange(count) * regular
+
+
+def read_dicom_series(
+    folder: str | os.PathLike, series_uid: str | None = None, allow_gaps: bool = False
+) -> DicomSeries:
+    """Read the image series in ``folder`` (the one ``series_uid`` names, if several).
+
+    Args:
+        folder: a folder with the slices (sub-folders are searched too).
+        series_uid: which series to read when the folder holds several.
+        allow_gaps: resample a series with missing slices or uneven spacing onto a uniform grid
+            instead of raising.
+
+    Returns:
+        the :class:`DicomSeries`, ``array`` of shape ``(n_cols, n_rows, n_slices)``.
+
+    Raises:
+        DicomError: no series, several series and no ``series_uid``, mixed orientations or sizes,
+            duplicate positions, gaps (without ``allow_gaps``), undecodable pixel data.
+    """
+    folder = Path(folder)
+    slices = _select(find_series(folder), folder, series_uid)
+    row_dir, col_dir, row_spacing, col_spacing = _geometry(slices)
+    normal = np.cross(col_dir, row_dir)
+    origins = np.array([np.asarray(ds.ImagePositionPatient, dtype=float) for ds in slices])
+    order = np.argsort(origins @ normal, kind="stable")
+    slices, origins = [slices[k] for k in order], origins[order]
+    positions = origins @ normal
+    files = [str(ds.filename) for ds in slices]
+    modality = str(slices[0].get("Modality", ""))
+    if len(slices) > 1:
+        try:
+            _check_spacing(positions, files, folder)
+        except DicomError as gap:
+            if not allow_gaps:
+                raise
+            logger.warning("%s; resampling onto a uniform grid (--allow_gaps).", gap)
+    as_hu = modality == "CT"
+    array = np.stack([_pixels(ds, as_hu) for ds in slices], axis=-1)
+    stack = SliceStack(
+        origins, positions, tuple(str(ds.SOPInstanceUID) for ds in slices), row_dir, col_dir,
+        normal, row_spacing, col_spacing, int(slices[0].Rows), int(slices[0].Columns),
+    )  # fmt: skip
+    step = (
+        (origins[-1] - origins[0]) / (len(slices) - 1)
+        if len(slices) > 1
+        else normal * float(slices[0].get("SliceThickness", 1.0) or 1.0)
+    )
+    sop_uids, resampled = list(stack.sop_uids), False
+    if allow_gaps and len(slices) > 2:
+        grid = uniform_grid(positions)
+        if len(grid) != len(positions) or not np.allclose(grid, positions, atol=_DUPLICATE_MM):
+            array = _resample(array.astype(np.float32), positions, grid)
+            step = step * (grid[1] - grid[0]) / float(step @ normal)
+            lookup = dict(zip(np.round(positions, 3), stack.sop_uids, strict=True))
+            sop_uids = [lookup.get(round(float(p), 3), "") for p in grid]
+            resampled = True
+    if as_hu:
+        array = np.clip(np.rint(array), -32768, 32767).astype(np.int16)
+    else:
+        array = array.astype(np.float32)
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1] = col_dir * col_spacing, row_dir * row_spacing
+    affine[:3, 2], affine[:3, 3] = step, origins[0]
+    return DicomSeries(
+        array=array,
+        affine_lps=affine,
+        sop_uids=sop_uids,
+        series_uid=str(slices[0].SeriesInstanceUID),
+        frame_of_reference_uid=str(slices[0].get("FrameOfReferenceUID", "")),
+        modality=modality,
+        files=[Path(f) for f in files],
+        resampled=resampled,
+        stack=stack,
+    )
