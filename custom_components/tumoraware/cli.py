@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import fire
@@ -34,11 +36,76 @@ class ManifestCommands:
             sys.exit(code)
 
 
+class PrepareCommands:
+    """Turn downloaded or local data into NIfTI + manifests (see data_manifests/README.md)."""
+
+    def nsclc(
+        self,
+        dicom_root: str,
+        out_dir: str = "data/nsclc_radiomics",
+        roi: str = "GTV-1",
+        allow_gaps: bool = False,
+    ) -> None:
+        """Convert a TCIA NSCLC-Radiomics download (CT + RTSTRUCT) patient by patient.
+
+        Resumable; problems per patient go to OUT_DIR/skipped.csv and the batch goes on.
+        Writes OUT_DIR/nsclc_radiomics.json.
+        """
+        from tumoraware.data.prepare.nsclc import prepare_nsclc
+
+        print(f"prepare nsclc: manifest {prepare_nsclc(dicom_root, out_dir, roi, allow_gaps)}")
+
+    def msd(self, root: str, out_dir: str = "data_manifests", skip_missing: bool = False) -> None:
+        """Write a manifest for an extracted MSD Task06_Lung folder (data stays in place)."""
+        from tumoraware.data.prepare import prepare_msd
+
+        print(f"prepare msd: manifest {prepare_msd(root, out_dir, skip_missing=skip_missing)}")
+
+    def mri(
+        self,
+        images: str,
+        out_dir: str = "data/own_t2w_mri",
+        labels: str | None = None,
+        test_patients: str | Sequence[str] = (),
+    ) -> None:
+        """Write a manifest for your own T2w MRI (NIfTI files or DICOM-series folders).
+
+        Names: <patient>_week<N> (also -, wk, w; any case); no week part means week 1.
+        Labels match by the same name, optionally suffixed _label, _seg or _mask.
+        TEST_PATIENTS: comma-separated patients held out for testing.
+        """
+        from tumoraware.data.prepare import prepare_mri
+
+        if isinstance(test_patients, str):
+            test_patients = [p for p in test_patients.split(",") if p]
+        path = prepare_mri(images, out_dir, labels, list(test_patients))
+        print(f"prepare mri: manifest {path}")
+
+
 class TumourAwareCLI:
     """Tumour-aware CT→MRI domain adaptation for lung tumour segmentation on T2w MRI."""
 
     def __init__(self) -> None:
         self.manifest = ManifestCommands()
+        self.prepare = PrepareCommands()
+
+    def rtstruct_to_nifti(
+        self,
+        dicom_dir: str,
+        rtstruct: str,
+        roi: str = "GTV-1",
+        out_dir: str = ".",
+        allow_gaps: bool = False,
+    ) -> None:
+        """Convert a DICOM CT series and one RTSTRUCT ROI to OUT_DIR/image.nii.gz + label.nii.gz.
+
+        The series is the one the RTSTRUCT references (DICOM_DIR may hold several). A missing
+        slice or uneven spacing is an error unless --allow_gaps (resample to a uniform grid).
+        """
+        from tumoraware.data.dicom import rtstruct_to_nifti
+
+        image, label = rtstruct_to_nifti(dicom_dir, rtstruct, roi, out_dir, allow_gaps)
+        print(f"rtstruct_to_nifti: {image}, {label}")
 
     def phantoms(
         self,
@@ -84,9 +151,14 @@ class TumourAwareCLI:
         self.manifest.validate(manifest, deep=True)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``tumoraware`` console script and ``python -m tumoraware``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    warnings.formatwarning = _one_line_warning
     try:
         fire.Fire(TumourAwareCLI, command=argv, name="tumoraware")
     except (ValueError, FileNotFoundError, FileExistsError) as error:

@@ -228,22 +228,42 @@ def _check_spacing(positions: np.ndarray, files: list[str], folder: Path) -> Non
         )
 
 
-def _pixels(ds: pydicom.Dataset, as_hu: bool) -> np.ndarray:
-    """One slice in NIfTI order ``(cols, rows)`` with RescaleSlope/Intercept applied."""
+def _pixels(ds: pydicom.Dataset) -> np.ndarray:
+    """One slice's stored values as DICOM lays them out, ``(rows, cols)``."""
     try:
-        pixels = ds.pixel_array
+        return ds.pixel_array
     except Exception as error:  # pydicom raises several types for unreadable pixel data
         raise DicomError(
             f"{ds.filename}: pixel data cannot be decoded ({error}). Fix: re-export it "
             "uncompressed, or install the pydicom pixel-data plugin for its transfer syntax."
         ) from error
-    slope, intercept = float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))
-    values = (
-        pixels.astype(np.float32) * slope + intercept
-        if as_hu or slope != 1 or intercept
-        else pixels
+
+
+def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
+    return float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))
+
+
+def _volume(slices: list[pydicom.Dataset], as_hu: bool) -> np.ndarray:
+    """Stack slices into ``(cols, rows, K)`` with RescaleSlope/Intercept applied.
+
+    Slices are written contiguously into a ``(K, rows, cols)`` buffer and returned as its
+    transposed view, which is Fortran-ordered ``(cols, rows, K)``: NIfTI's own on-disk order,
+    so nibabel writes it without another copy. CT with integral rescale (the usual slope 1,
+    intercept -1024) stays in integer arithmetic straight into int16.
+    """
+    shape = (len(slices), int(slices[0].Rows), int(slices[0].Columns))
+    integral = as_hu and all(
+        slope == 1.0 and intercept.is_integer() for slope, intercept in map(_rescale, slices)
     )
-    return values.T
+    buffer = np.empty(shape, dtype=np.int16 if integral else np.float32)
+    for k, ds in enumerate(slices):
+        slope, intercept = _rescale(ds)
+        if integral:
+            np.clip(_pixels(ds).astype(np.int32) + int(intercept), -32768, 32767, out=buffer[k],
+                    casting="unsafe")  # fmt: skip
+        else:
+            buffer[k] = _pixels(ds).astype(np.float32) * slope + intercept
+    return buffer.transpose(2, 1, 0)
 
 
 def _resample(array: np.ndarray, positions: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -297,7 +317,7 @@ def read_dicom_series(
                 raise
             logger.warning("%s; resampling onto a uniform grid (--allow_gaps).", gap)
     as_hu = modality == "CT"
-    array = np.stack([_pixels(ds, as_hu) for ds in slices], axis=-1)
+    array = _volume(slices, as_hu)
     stack = SliceStack(
         origins, positions, tuple(str(ds.SOPInstanceUID) for ds in slices), row_dir, col_dir,
         normal, row_spacing, col_spacing, int(slices[0].Rows), int(slices[0].Columns),
@@ -316,10 +336,8 @@ def read_dicom_series(
             lookup = dict(zip(np.round(positions, 3), stack.sop_uids, strict=True))
             sop_uids = [lookup.get(round(float(p), 3), "") for p in grid]
             resampled = True
-    if as_hu:
+    if as_hu and array.dtype != np.int16:
         array = np.clip(np.rint(array), -32768, 32767).astype(np.int16)
-    else:
-        array = array.astype(np.float32)
     affine = np.eye(4)
     affine[:3, 0], affine[:3, 1] = col_dir * col_spacing, row_dir * row_spacing
     affine[:3, 2], affine[:3, 3] = step, origins[0]

@@ -1,0 +1,13 @@
+"""Turn users' data into manifests: ``tumoraware prepare msd`` and ``tumoraware prepare mri``.
+
+Each command lists the data where it is (converting only what must be converted, e.g. DICOM MRI
+to NIfTI), writes a manifest that passes :func:`tumoraware.data.manifest.validate_manifest`, and
+fails with :class:`PrepareError` (a ``ValueError``) or :class:`MissingInputError` (a
+``FileNotFoundError``) whose message names the file and the fix.
+"""
+
+from ._common import MissingInputError, PrepareError
+from .mri import prepare_mri
+from .msd import prepare_msd
+
+__all__ = ["MissingInputError", "PrepareError", "prepare_mri", "prepare_msd"]
