@@ -51,7 +51,7 @@ class PrepareCommands:
         Resumable; problems per patient go to OUT_DIR/skipped.csv and the batch goes on.
         Writes OUT_DIR/nsclc_radiomics.json.
         """
-        from tumoraware.data.prepare.nsclc import prepare_nsclc
+        from tumoraware.data.prepare import prepare_nsclc
 
         print(f"prepare nsclc: manifest {prepare_nsclc(dicom_root, out_dir, roi, allow_gaps)}")
 
@@ -66,7 +66,7 @@ class PrepareCommands:
         images: str,
         out_dir: str = "data/own_t2w_mri",
         labels: str | None = None,
-        test_patients: str | Sequence[str] = (),
+        test_patients: str | int | Sequence[str] = (),
     ) -> None:
         """Write a manifest for your own T2w MRI (NIfTI files or DICOM-series folders).
 
@@ -76,9 +76,7 @@ class PrepareCommands:
         """
         from tumoraware.data.prepare import prepare_mri
 
-        if isinstance(test_patients, str):
-            test_patients = [p for p in test_patients.split(",") if p]
-        path = prepare_mri(images, out_dir, labels, list(test_patients))
+        path = prepare_mri(images, out_dir, labels, test_patients)
         print(f"prepare mri: manifest {path}")
 
 

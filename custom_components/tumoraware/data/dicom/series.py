@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,9 @@ def dcmread_lenient(path: str | os.PathLike, **kwargs) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(path, **kwargs)
     except InvalidDicomError:
-        ds = pydicom.dcmread(path, force=True, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a forced read of a non-DICOM file warns; we decide
+            ds = pydicom.dcmread(path, force=True, **kwargs)
         if "SOPClassUID" not in ds and "Modality" not in ds:
             raise
         return ds

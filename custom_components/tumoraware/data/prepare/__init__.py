@@ -1,4 +1,4 @@
-"""Turn users' data into manifests: ``tumoraware prepare msd`` and ``tumoraware prepare mri``.
+"""Turn users' data into manifests: ``tumoraware prepare nsclc``, ``msd`` and ``mri``.
 
 Each command lists the data where it is (converting only what must be converted, e.g. DICOM MRI
 to NIfTI), writes a manifest that passes :func:`tumoraware.data.manifest.validate_manifest`, and
@@ -9,5 +9,6 @@ fails with :class:`PrepareError` (a ``ValueError``) or :class:`MissingInputError
 from ._common import MissingInputError, PrepareError
 from .mri import prepare_mri
 from .msd import prepare_msd
+from .nsclc import prepare_nsclc
 
-__all__ = ["MissingInputError", "PrepareError", "prepare_mri", "prepare_msd"]
+__all__ = ["MissingInputError", "PrepareError", "prepare_mri", "prepare_msd", "prepare_nsclc"]

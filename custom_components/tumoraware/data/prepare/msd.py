@@ -158,7 +158,7 @@ def _warn_unlisted(root: Path, cases: list[dict]) -> None:
 
 def _drop_missing(cases: list[dict], skip_missing: bool, root: Path) -> tuple[list[dict], list]:
     missing = [path for case in cases for path in case.values() if not path.is_file()]
-    if False:
+    if missing and not skip_missing:
         shown = "\n".join(f"  - {p}" for p in missing[:50])
         more = f"\n  ... and {len(missing) - 50} more" if len(missing) > 50 else ""
         raise MissingInputError(

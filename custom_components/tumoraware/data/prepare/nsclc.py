@@ -27,10 +27,12 @@ from pydicom.errors import InvalidDicomError
 from tqdm.auto import tqdm
 
 from tumoraware import __version__
-from tumoraware.atomic import write_json_atomic, write_text_atomic
+from tumoraware.atomic import write_text_atomic
 from tumoraware.data.dicom import DicomError, list_rois, rtstruct_to_nifti
 from tumoraware.data.dicom.rtstruct import referenced_series_uid
 from tumoraware.data.dicom.series import dcmread_lenient
+
+from ._common import write_manifest_checked
 
 __all__ = ["PatientFiles", "prepare_nsclc", "scan_dicom_tree"]
 
@@ -174,6 +176,6 @@ def prepare_nsclc(
             f"{out_dir / 'skipped.csv'}). Fix: check the folder holds CT series with RTSTRUCTs."
         )
     manifest = out_dir / manifest_name
-    write_json_atomic(manifest, _manifest(done))
+    write_manifest_checked(manifest, _manifest(done))
     logger.info("nsclc: %d patients converted, %d skipped (%s)", len(done), len(skipped), manifest)
     return manifest
