@@ -91,8 +91,8 @@ class TumourAwareCLI:
         self,
         dicom_dir: str,
         rtstruct: str,
+        out_dir: str,
         roi: str = "GTV-1",
-        out_dir: str = ".",
         allow_gaps: bool = False,
     ) -> None:
         """Convert a DICOM CT series and one RTSTRUCT ROI to OUT_DIR/image.nii.gz + label.nii.gz.
