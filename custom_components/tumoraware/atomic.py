@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import nibabel as nib
+import numpy as np
 
 __all__ = [
     "atomic_path",
@@ -83,10 +84,23 @@ def save_nifti_atomic(image: nib.Nifti1Image, destination: str | os.PathLike) ->
     return Path(destination)
 
 
+def _is_rigid(affine) -> bool:
+    """True when the 3×3 part is orthogonal columns (rotation × zooms × flip, no shear)."""
+    columns = np.asarray(affine, dtype=float)[:3, :3]
+    gram = columns.T @ columns
+    return bool(np.allclose(gram, np.diag(np.diag(gram)), atol=1e-6 * np.abs(gram).max()))
+
+
 def save_volume_atomic(array, affine, destination: str | os.PathLike) -> Path:
-    """Save ``array`` with its RAS ``affine`` as NIfTI: scanner sform/qform, mm units."""
+    """Save ``array`` with its RAS ``affine`` as NIfTI: scanner sform, mm units.
+
+    The qform (a rotation, zooms and a flip, no shear) is set too when it can hold the affine
+    exactly. A sheared grid (gantry-tilted CT) gets ``qform_code = 0``: otherwise readers that
+    prefer the qform (ITK, so 3D Slicer, ITK-SNAP and MONAI's ITKReader) would place voxels mm
+    away from where the sform says.
+    """
     image = nib.Nifti1Image(array, affine)
     image.set_sform(affine, code=1)  # scanner coordinates
-    image.set_qform(affine, code=1)
+    image.set_qform(affine, code=1 if _is_rigid(affine) else 0)
     image.header.set_xyzt_units("mm", "sec")
     return save_nifti_atomic(image, destination)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -126,14 +127,41 @@ def _contours(ds: pydicom.Dataset, number: int, roi: str) -> list[tuple[np.ndarr
     return contours
 
 
-def _slice_of(points: np.ndarray, uid: str | None, stack, lookup: dict[str, int]) -> int | None:
-    """Index of the acquired slice a contour lies on, or None when it lies between slices."""
-    distance = float(np.mean(points @ stack.normal))
-    if uid is not None and uid in lookup:
-        return lookup[uid]
-    spacing = float(np.median(np.diff(stack.positions))) if len(stack.positions) > 1 else 1.0
-    k = int(np.argmin(np.abs(stack.positions - distance)))
-    return k if abs(stack.positions[k] - distance) <= spacing / 4.0 else None
+@dataclass(frozen=True)
+class _Planes:
+    """The slice planes contours are drawn onto: origins ``(K, 3)``, positions along the normal
+    ``(K,)``, and which plane each referenced SOPInstanceUID lies on."""
+
+    origins: np.ndarray
+    positions: np.ndarray
+    by_uid: dict[str, int]
+
+
+def _planes(series: DicomSeries) -> _Planes:
+    """The acquired slices, or, after ``allow_gaps`` resampling, the uniform grid's slices.
+
+    Drawing on the grid itself keeps a contour that lies on a missing slice's plane (the file
+    was lost, the contour was not) exact, instead of copying a neighbour's.
+    """
+    stack = series.stack
+    if not series.resampled:
+        return _Planes(stack.origins, stack.positions, {u: k for k, u in enumerate(stack.sop_uids)})
+    grid = series.grid_positions
+    origins = series.affine_lps[:3, 3] + np.arange(len(grid))[:, None] * series.affine_lps[:3, 2]
+    nearest = np.abs(grid[None, :] - stack.positions[:, None]).argmin(axis=1)
+    return _Planes(origins, grid, {u: int(k) for u, k in zip(stack.sop_uids, nearest, strict=True)})
+
+
+def _slice_of(
+    points: np.ndarray, uid: str | None, planes: _Planes, normal: np.ndarray
+) -> int | None:
+    """Index of the plane a contour lies on, or None when it lies between planes."""
+    if uid is not None and uid in planes.by_uid:
+        return planes.by_uid[uid]
+    distance = float(np.mean(points @ normal))
+    spacing = float(np.median(np.diff(planes.positions))) if len(planes.positions) > 1 else 1.0
+    k = int(np.argmin(np.abs(planes.positions - distance)))
+    return k if abs(planes.positions[k] - distance) <= spacing / 4.0 else None
 
 
 def rasterise_roi(
@@ -146,11 +174,10 @@ def rasterise_roi(
     """
     ds = _as_dataset(rtstruct)
     stack = series.stack
-    contours = _contours(ds, _roi_number(ds, roi), roi)
-    lookup = {uid: k for k, uid in enumerate(stack.sop_uids)}
+    planes = _planes(series)
     per_slice: dict[int, list[np.ndarray]] = defaultdict(list)
-    for points, uid in contours:
-        k = _slice_of(points, uid, stack, lookup)
+    for points, uid in _contours(ds, _roi_number(ds, roi), roi):
+        k = _slice_of(points, uid, planes, stack.normal)
         if k is None:
             where = float(np.mean(points @ stack.normal))
             warnings.warn(
@@ -158,24 +185,20 @@ def rasterise_roi(
                 "normal, on no slice of the series; skipped.", DicomWarning, 2,
             )  # fmt: skip
             continue
-        offset = points - stack.origins[k]
-        per_slice[k].append(
-            np.column_stack(
-                (
-                    offset @ stack.row_dir / stack.row_spacing,
-                    offset @ stack.col_dir / stack.col_spacing,
-                )
-            )
-        )
+        offset = points - planes.origins[k]
+        rows = offset @ stack.row_dir / stack.row_spacing
+        per_slice[k].append(np.column_stack((rows, offset @ stack.col_dir / stack.col_spacing)))
     if not per_slice:
         raise DicomError(
             f"{ds.filename}: ROI {roi!r} has no contour on series {series.series_uid}. Fix: check "
             "that the RTSTRUCT belongs to this series and that the ROI was contoured."
         )
-    acquired = np.zeros((stack.n_cols, stack.n_rows, len(stack.positions)), dtype=np.uint8)
+    label = np.zeros((stack.n_cols, stack.n_rows, len(planes.positions)), dtype=np.uint8)
     for k, polygons in per_slice.items():
-        acquired[:, :, k] = fill_polygons(polygons, (stack.n_rows, stack.n_cols)).T
-    if not series.resampled:
-        return acquired
-    nearest = np.abs(series.grid_positions[:, None] - stack.positions[None, :]).argmin(axis=1)
-    return acquired[:, :, nearest]
+        label[:, :, k] = fill_polygons(polygons, (stack.n_rows, stack.n_cols)).T
+    if series.resampled:  # a resampled slice with no contour of its own: nearest acquired label
+        acquired = sorted(set(planes.by_uid.values()))
+        for k in set(range(label.shape[2])) - set(per_slice) - set(acquired):
+            source = min(acquired, key=lambda a: abs(planes.positions[a] - planes.positions[k]))
+            label[:, :, k] = label[:, :, source]
+    return label
