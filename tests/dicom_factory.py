@@ -73,13 +73,16 @@ _SAFETY_MM = 1e-6  # DS rounding of contour points is ~1e-12 mm; this covers it 
 
 
 # ---- numbers as DICOM stores them ------------------------------------------------------------
+def _ds_str(value: float) -> str:
+    """A DICOM decimal string (at most 16 characters). Sub-nanometre values (rounding noise such
+    as -2.7e-15) become 0: pydicom formats them in 17 characters, which is not valid DS."""
+    value = float(value)
+    return format_number_as_ds(0.0 if abs(value) < 1e-9 else value)
+
+
 def ds_round(value: float) -> float:
     """``value`` rounded to what a DICOM decimal string (at most 16 characters) holds."""
-    return float(format_number_as_ds(float(value)))
-
-
-def _ds_str(value: float) -> str:
-    return format_number_as_ds(float(value))
+    return float(_ds_str(value))
 
 
 def _uid(*parts: object) -> str:
