@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 ENV = {**os.environ, "PAGER": "cat", "PYTHONUNBUFFERED": "1"}
@@ -63,3 +65,26 @@ def test_manifest_validate_reports_broken_json(tmp_path, content):
     path.write_text(content)
     result = _run("manifest", "validate", str(path))
     assert result.returncode == 2 and str(path) in result.stderr
+
+
+def test_prepare_mri_command_with_numeric_test_patient(tmp_path):
+    """fire turns `--test_patients 8` into an int; the command must still hold patient 8 out."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    mask = np.zeros((8, 8, 4), np.uint8)
+    mask[2:5, 2:5, 1:3] = 1
+    for patient in ("7", "8"):
+        for week in (1, 3):
+            nib.save(nib.Nifti1Image(np.full((8, 8, 4), 100.0, np.float32), np.eye(4)),
+                     images / f"{patient}_week{week}.nii.gz")  # fmt: skip
+            nib.save(
+                nib.Nifti1Image(mask, np.eye(4)), labels / f"{patient}_week{week}_label.nii.gz"
+            )
+    result = _run("prepare", "mri", "--images", str(images), "--labels", str(labels),
+                  "--out_dir", str(tmp_path / "out"), "--test_patients", "8")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "out" / "own_t2w_mri.json").read_text())
+    assert {e["patient"] for e in manifest["mri_test"]} == {"8"}
+    assert {e["patient"] for e in manifest["mri_unlabelled"]} == {"7"}
+    assert [e["week"] for e in manifest["mri_validation"]] == [3]
