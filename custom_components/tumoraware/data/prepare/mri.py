@@ -44,7 +44,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tumoraware import __version__
-from tumoraware.atomic import save_nifti_atomic
+from tumoraware.atomic import save_volume_atomic
 from tumoraware.data.manifest import AFFINE_ATOL_MM
 
 from ._common import (
@@ -301,12 +301,7 @@ def _convert_dicom(folder: Path, destination: Path) -> None:
             "exactly one series per folder, or convert it to NIfTI (e.g. with dcm2niix) and put "
             "the .nii.gz in its place under the same name."
         ) from e
-    affine = np.asarray(series.affine_ras, dtype=np.float64)
-    image = nib.Nifti1Image(_output_dtype(np.asarray(series.array)), affine)
-    image.set_sform(affine, code=1)  # scanner coordinates
-    image.set_qform(affine, code=1)
-    image.header.set_xyzt_units("mm", "sec")
-    save_nifti_atomic(image, destination)
+    save_volume_atomic(_output_dtype(np.asarray(series.array)), series.affine_ras, destination)
 
 
 def _spatial(shape: Sequence[int]) -> tuple[int, ...]:
