@@ -134,6 +134,14 @@ def _shown(paths: Sequence[Path | str], limit: int = 20) -> str:
     return "\n".join(lines)
 
 
+def _warn_ignored(ignored: list[str], folder: Path, what: str) -> None:
+    """Log (once) the items of ``folder`` that are skipped because they are ``what``."""
+    if ignored:
+        shown = ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else "")
+        logger.warning("prepare mri: ignoring %d item(s) in %s that are %s: %s",
+                       len(ignored), folder, what, shown)  # fmt: skip
+
+
 def _find_images(images: Path, labels_here: bool) -> list[MriScan]:
     """The scans in ``images`` (sorted by name); masks there are skipped when ``labels_here``."""
     scans, ignored, masks, bad_week = [], [], [], []
@@ -155,14 +163,7 @@ def _find_images(images: Path, labels_here: bool) -> list[MriScan]:
             bad_week.append(path)
             continue
         scans.append(MriScan(patient, week, path))
-    if ignored:
-        logger.warning(
-            "prepare mri: ignoring %d item(s) in %s that are neither NIfTI files nor DICOM-series "
-            "folders: %s",
-            len(ignored),
-            images,
-            ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""),
-        )
+    _warn_ignored(ignored, images, "neither NIfTI files nor DICOM-series folders")
     if masks:
         raise PrepareError(
             f"{images} holds {len(masks)} mask(s) (named *_label, *_seg or *_mask) among the "
@@ -235,13 +236,7 @@ def _attach_labels(scans: list[MriScan], labels: Path, labels_here: bool) -> lis
             orphans.append(path)
         else:
             found[i].append(path)
-    if ignored:
-        logger.warning(
-            "prepare mri: ignoring %d item(s) in %s that are not NIfTI files: %s",
-            len(ignored),
-            labels,
-            ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""),
-        )
+    _warn_ignored(ignored, labels, "not NIfTI files")
     if orphans:
         raise PrepareError(
             f"{len(orphans)} mask(s) match no image:\n{_shown(orphans)}\nFix: name each mask "
