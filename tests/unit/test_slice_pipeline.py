@@ -1,0 +1,75 @@
+"""RandBodySquareCropd and SliceCacheDataset: the 2D data path of the synthesis bundle."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+from tumoraware.data.manifest import load_split
+from tumoraware.data.slice_dataset import SliceCacheDataset
+from tumoraware.transforms import RandBodySquareCropd, VolumeToSlicesd
+
+
+def _slice(spacing: float = 1.5, size: int = 120) -> MetaTensor:
+    """A (1, H, W) slice: air (-1) with a body rectangle whose value encodes the column."""
+    img = -torch.ones(1, size, size)
+    img[:, 30:90, 20:100] = torch.linspace(0.0, 1.0, 80)
+    return MetaTensor(img, affine=torch.diag(torch.tensor([spacing, spacing, 1.0])))
+
+
+@pytest.mark.parametrize("spacing", [0.75, 1.5])
+def test_crop_has_the_physical_size_whatever_the_pixel_spacing(spacing):
+    crop = RandBodySquareCropd(keys="image", size_mm=48.0, spatial_size=(32, 32))
+    crop.set_random_state(0)
+    out = crop({"image": _slice(spacing, size=int(180 / spacing))})["image"]
+    assert tuple(out.shape) == (1, 32, 32)
+    extent_mm = 32 * float(out.affine[0, 0])
+    assert abs(extent_mm - 48.0) <= 2 * spacing  # whole pixels on each side
+
+
+def test_crop_centres_lie_in_the_body_and_are_seeded():
+    crop = RandBodySquareCropd(keys="image", size_mm=6.0, spatial_size=(4, 4))
+    centres = []
+    for seed in range(20):
+        crop.set_random_state(seed)
+        out = crop({"image": _slice()})["image"]
+        centres.append(float(out[0, 2, 2]))
+    assert min(centres) > -0.5, "a crop centred in air"
+    crop.set_random_state(3)
+    again = crop({"image": _slice()})["image"]
+    crop.set_random_state(3)
+    assert torch.equal(again, crop({"image": _slice()})["image"])
+    assert len(set(np.round(centres, 3))) > 5
+
+
+def test_crop_errors_name_the_problem():
+    crop = RandBodySquareCropd(keys="image")
+    with pytest.raises(ValueError, match="no body"):
+        crop({"image": -torch.ones(1, 10, 10)})
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        crop({"image": torch.zeros(1, 10, 10, 3)})
+
+
+def test_slice_cache_flattens_volumes_into_slices(tiny_world):
+    _, manifest = tiny_world
+    entries = load_split(manifest, "mri_week1")
+    volume = Compose([LoadImaged(keys=("image", "label"), image_only=True),
+                      EnsureChannelFirstd(keys=("image", "label")),
+                      VolumeToSlicesd(keys=("image", "label"), tumour_free_share=0.5)])  # fmt: skip
+    dataset = SliceCacheDataset(entries, volume, progress=False)
+    expected = 0
+    for entry in entries:
+        label = np.asanyarray(nib.load(entry["label"]).dataobj)
+        tumour = int((label.sum(axis=(0, 1)) > 0).sum())
+        expected += tumour + min(tumour, int((label.sum(axis=(0, 1)) == 0).sum()))
+    assert len(dataset) == expected
+    assert dataset[0]["image"].shape[0] == 1 and dataset[0]["image"].ndim == 3
+
+
+def test_slice_cache_refuses_an_empty_split():
+    with pytest.raises(ValueError, match="at least one slice"):
+        SliceCacheDataset([], lambda item: item, progress=False)
