@@ -4,15 +4,18 @@
 - :class:`RobustMRINormalized`: per-volume percentile scaling of MRI to [-1, 1].
 - :class:`TumourRegionCropd`: square (in mm) tumour-region crop, resized to 256 x 256.
 - :class:`VolumeToSlicesd`: volume to 2D axial slice samples (tumour slices + tumour-free share).
+- :class:`AppendMaskChanneld`: the masked-CycleGAN input (image + mask as channels).
 - :class:`RandBodySquareCropd`: random fixed-size (mm) square crop inside the body of a slice.
 """
 
+from tumoraware.transforms.channels import AppendMaskChanneld
 from tumoraware.transforms.crop import TumourRegionCropd, square_tumour_box
 from tumoraware.transforms.intensity import CTWindowd, RobustMRINormalized, source_name
 from tumoraware.transforms.random_crop import RandBodySquareCropd
 from tumoraware.transforms.slices import VolumeToSlicesd
 
 __all__ = [
+    "AppendMaskChanneld",
     "CTWindowd",
     "RandBodySquareCropd",
     "RobustMRINormalized",
