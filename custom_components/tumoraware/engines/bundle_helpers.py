@@ -1,16 +1,11 @@
-"""Small glue the bundle configs call: what to log and what a resumable checkpoint holds."""
+"""Small glue the bundle configs call: what to log, and attaching handlers that need the trainer."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["attach_all", "checkpoint_dict", "scalar_losses"]
-
-_STATE_PARTS = (
-    "g_ct2mri", "g_mri2ct", "d_mri", "d_ct", "tumour_nets",
-    "g_optimizer", "d_optimizer", "u_optimizer",
-)  # fmt: skip
+__all__ = ["attach_all", "scalar_losses"]
 
 
 def scalar_losses(output: Mapping[str, Any]) -> dict[str, float]:
@@ -20,16 +15,6 @@ def scalar_losses(output: Mapping[str, Any]) -> dict[str, float]:
     key of a returned dict.
     """
     return {k: float(v) for k, v in output.items() if isinstance(v, (int, float))}
-
-
-def checkpoint_dict(trainer: Any) -> dict[str, Any]:
-    """Everything a resumed run needs: the networks, the optimizers and the trainer itself.
-
-    Parts the trainer does not use (``tumour_nets`` and ``u_optimizer`` of the CycleGAN
-    baselines) are left out, so the same config saves and loads every variant.
-    """
-    parts = {name: getattr(trainer, name, None) for name in _STATE_PARTS}
-    return {"trainer": trainer, **{k: v for k, v in parts.items() if v is not None}}
 
 
 def attach_all(handlers: list[Any], engine: Any) -> None:
