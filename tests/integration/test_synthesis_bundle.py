@@ -1,0 +1,123 @@
+"""The synthesis bundle run as users run it: `python -m monai.bundle run` on tiny phantoms."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from tumoraware.data.manifest import validate_manifest
+from tumoraware.networks import ResnetGenerator
+
+from ..conftest import REPO_ROOT
+
+BUNDLE = REPO_ROOT / "bundles" / "lung_ct2mri_synthesis"
+TEST_PROFILE = json.loads((BUNDLE / "configs" / "profiles" / "test.json").read_text())
+
+
+def run_bundle(configs: list[str], **overrides: object) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run --config_file [...] --key value`` from the bundle folder."""
+    files = "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files]
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(args, cwd=BUNDLE, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def data(tiny_world) -> dict[str, object]:
+    _, manifest = tiny_world
+    return {"ct_manifest": manifest, "mri_manifest": manifest}
+
+
+def _train(tmp: Path, data, *extra: str, **overrides) -> Path:
+    run_bundle(["configs/train.json", "configs/profiles/test.json", *extra],
+               ckpt_dir=tmp / "models", output_dir=tmp / "runs", **data, **overrides)  # fmt: skip
+    return tmp / "models"
+
+
+def _generator(in_channels: int = 1) -> ResnetGenerator:
+    return ResnetGenerator(in_channels, in_channels, ngf=TEST_PROFILE["ngf"],
+                           n_blocks=TEST_PROFILE["n_blocks"])  # fmt: skip
+
+
+def test_train_resume_evaluate_infer(tmp_path, data):
+    models = _train(tmp_path, data, val_interval=1)
+    state = torch.load(models / "model.pt", map_location="cpu")
+    assert not any(k.startswith("module.") for k in state)
+    _generator().load_state_dict(state)  # a plain state_dict of the CT->MRI generator
+    full = torch.load(models / "checkpoint_final.pt", map_location="cpu", weights_only=False)
+    assert {"g_ct2mri", "g_mri2ct", "d_mri", "d_ct", "tumour_nets", "trainer"} <= set(full)
+    steps = TEST_PROFILE["max_epochs"] * TEST_PROFILE["epoch_length"]
+    assert full["trainer"]["iteration"] == steps
+    kl = json.loads((tmp_path / "runs" / "tumour_kl.json").read_text())
+    assert math.isfinite(kl["tumour_kl"]) and kl["n_real_voxels"] > 0 and kl["n_synth_voxels"] > 0
+    assert (tmp_path / "runs" / "synthesis_epoch0002.png").exists()
+
+    resumed = _train(tmp_path, data, resume=True, max_epochs=TEST_PROFILE["max_epochs"] + 1)
+    full = torch.load(resumed / "checkpoint_final.pt", map_location="cpu", weights_only=False)
+    assert full["trainer"]["iteration"] == steps + TEST_PROFILE["epoch_length"]
+
+    run_bundle(["configs/train.json", "configs/evaluate.json", "configs/profiles/test.json"],
+               ckpt_dir=models, output_dir=tmp_path / "eval", **data)  # fmt: skip
+    evaluated = json.loads((tmp_path / "eval" / "tumour_kl.json").read_text())
+    assert math.isfinite(evaluated["tumour_kl"]) and evaluated["tumour_js"] <= math.log(2) + 1e-9
+
+    run_bundle(["configs/inference.json", "configs/profiles/test.json"],
+               ckpt_path=models / "model.pt", output_dir=tmp_path / "inf",
+               ct_manifest=data["ct_manifest"])  # fmt: skip
+    manifest = tmp_path / "inf" / "synthetic_mri.json"
+    assert validate_manifest(manifest, deep=True) == []
+    pairs = json.loads(manifest.read_text())["synthetic_train"]
+    assert len(pairs) == len(json.loads(Path(data["ct_manifest"]).read_text())["ct_train"])
+
+
+@pytest.mark.parametrize("baseline", ["cyclegan", "masked_cyclegan"])
+def test_baselines_train_and_infer(tmp_path, data, baseline):
+    override = f"configs/baselines/{baseline}.json"
+    models = _train(tmp_path, data, override)
+    full = torch.load(models / "checkpoint_final.pt", map_location="cpu", weights_only=False)
+    assert "tumour_nets" not in full and "u_optimizer" not in full  # no U for the baselines
+    channels = 2 if baseline == "masked_cyclegan" else 1
+    _generator(channels).load_state_dict(torch.load(models / "model.pt", map_location="cpu"))
+    run_bundle(["configs/inference.json", "configs/profiles/test.json", override],
+               ckpt_path=models / "model.pt", output_dir=tmp_path / "inf",
+               ct_manifest=data["ct_manifest"])  # fmt: skip
+    assert validate_manifest(tmp_path / "inf" / "synthetic_mri.json", deep=True) == []
+
+
+@pytest.mark.parametrize(
+    ("workflow", "config"), [("train", "train.json"), ("infer", "inference.json")]
+)
+def test_property_checks_are_clean(data, workflow, config, monkeypatch):
+    monkeypatch.chdir(BUNDLE)
+    flow = ConfigWorkflow(
+        config_file=[f"configs/{config}", "configs/profiles/test.json"],
+        meta_file="configs/metadata.json", logging_file="configs/logging.conf",
+        workflow_type=workflow, bundle_root=".", **{k: str(v) for k, v in data.items()},
+    )  # fmt: skip
+    flow.initialize()
+    assert not flow.check_properties()
+
+
+def test_metadata_validates_against_the_model_zoo_schema():
+    schema = REPO_ROOT.parent / "shared" / "reference" / "meta_schema_20240725.json"
+    if not schema.exists():
+        pytest.skip(f"{schema} not present (it ships beside the repository)")
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
+         str(BUNDLE / "configs" / "metadata.json"), "--filepath", str(schema),
+         "--hash_val", "06954cad2cc5d3784e72077ac76f0fc8"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0 and "verified with no error" in result.stdout + result.stderr
