@@ -121,3 +121,16 @@ def test_metadata_validates_against_the_model_zoo_schema():
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0 and "verified with no error" in result.stdout + result.stderr
+
+
+def test_tracking_mlflow_logs_losses_and_validation_metrics(tmp_path, data):
+    mlflow = pytest.importorskip("mlflow", reason="the `tracking` extra is not installed")
+    _train(tmp_path, data, val_interval=1, tracking="mlflow")
+    store = tmp_path / "runs" / "mlruns.db"  # MONAI's default: SQLite under output_dir
+    assert store.exists()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(experiments)
+    assert {"train_loss", "tumour_kl", "tumour_js"} <= set(run.data.metrics)
+    steps = TEST_PROFILE["max_epochs"] * TEST_PROFILE["epoch_length"]
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == steps

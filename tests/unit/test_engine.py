@@ -187,7 +187,8 @@ def test_one_iteration_returns_all_losses_finite_and_preview_images():
     trainer = build_trainer()
     trainer.run()
     out = trainer.state.output
-    assert set(out) == LOSS_KEYS | {"images"}
+    assert set(out) == LOSS_KEYS | {"loss", "images"}
+    assert out["loss"] == out["loss_G"]  # MONAI's conventional key for the main objective
     for key in LOSS_KEYS:
         assert type(out[key]) is float, key
         assert math.isfinite(out[key]), key

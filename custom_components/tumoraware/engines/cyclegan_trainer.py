@@ -131,9 +131,12 @@ class CycleGANTrainer(Trainer):
         objective: weights of eq. (5); a ``TumourAwareObjective`` (``generator_loss(adv, cyc,
             tumour=None, feat=None, identity=None)``, ``tumour_network_loss(tumour, feat)``,
             ``lambda_identity``).
-        tumour_nets: the tied U-Nets (``forward_ct(x)``/``forward_mri(x)`` each returning
-            ``(logits, features)``); ``None`` trains a plain (or masked) CycleGAN without tumour
-            terms.
+        tumour_nets: the tied U-Nets, called as ``tumour_nets(x, domain="ct")`` (U_CT) and
+            ``tumour_nets(x, domain="mri")`` (U_MRI), each returning ``(logits, features)``
+            (``TiedTumourUNets.forward``). Called through ``forward``, never ``forward_ct``/
+            ``forward_mri``, so a ``DistributedDataParallel`` wrapper (which only wraps
+            ``forward``) sees and syncs every U pass. ``None`` trains a plain (or masked)
+            CycleGAN without tumour terms.
         u_optimizer: optimizer over ``tumour_nets.parameters()``; required with tumour networks.
         adversarial_loss: ``loss(logits, target_is_real, for_discriminator)``; default MONAI's
             ``PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)``
@@ -397,8 +400,8 @@ class CycleGANTrainer(Trainer):
                 cycle = engine.cycle_loss(rec_ct, ct_in) + engine.cycle_loss(rec_mri, mri_in)
                 tumour = feature = identity = None
                 if tumour_nets is not None:
-                    logits_ct, phi_ct = tumour_nets.forward_ct(x_c)
-                    logits_mri, phi_mri = tumour_nets.forward_mri(fake_mri[:, :1])
+                    logits_ct, phi_ct = tumour_nets(x_c, domain="ct")
+                    logits_mri, phi_mri = tumour_nets(fake_mri[:, :1], domain="mri")
                     tumour = engine.tumour_loss(logits_ct, logits_mri, y_c)
                     feature = engine.feature_loss(phi_ct, phi_mri)
                 if use_identity:
@@ -443,8 +446,8 @@ class CycleGANTrainer(Trainer):
         if tumour_nets is not None:
             engine.u_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
             with self._autocast(engine):
-                logits_ct, phi_ct = tumour_nets.forward_ct(x_c)
-                logits_mri, phi_mri = tumour_nets.forward_mri(fake_mri[:, :1])
+                logits_ct, phi_ct = tumour_nets(x_c, domain="ct")
+                logits_mri, phi_mri = tumour_nets(fake_mri[:, :1], domain="mri")
                 loss_u = engine.objective.tumour_network_loss(
                     engine.tumour_loss(logits_ct, logits_mri, y_c),
                     engine.feature_loss(phi_ct, phi_mri),
@@ -457,6 +460,7 @@ class CycleGANTrainer(Trainer):
         for key in LOSS_KEYS:
             if isinstance(out[key], torch.Tensor):
                 out[key] = out[key].detach().float().item()
+        out["loss"] = out["loss_G"]  # MONAI's conventional key (e.g. `--tracking mlflow` logs it)
         out["images"] = {
             "ct": x_c.detach(),
             "fake_mri": fake_mri[:, :1],
