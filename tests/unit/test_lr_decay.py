@@ -1,0 +1,42 @@
+"""LinearDecayLR: the reference CycleGAN schedule, and it survives a resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ignite.engine import Engine
+
+from tumoraware.engines.lr_decay import LinearDecayLR
+
+
+def _optimizers(lr: float = 1e-4) -> list[torch.optim.Optimizer]:
+    return [torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=lr) for _ in range(2)]
+
+
+def _run(handler: LinearDecayLR, max_epochs: int, start_epoch: int = 0) -> list[float]:
+    seen: list[float] = []
+    engine = Engine(lambda e, b: seen.append(handler.optimizers[0].param_groups[0]["lr"]))
+    handler.attach(engine)
+    engine.state.max_epochs = None
+    if start_epoch:  # as a resumed trainer: epoch restored from the checkpoint
+        engine.load_state_dict({"epoch": start_epoch, "max_epochs": max_epochs, "epoch_length": 1})
+    engine.run([0], max_epochs=max_epochs)
+    return seen
+
+
+def test_constant_then_linear_decay_like_the_reference():
+    optimizers = _optimizers(1e-4)
+    lrs = _run(LinearDecayLR(optimizers, max_epochs=4, decay_epochs=2), max_epochs=4)
+    assert lrs == pytest.approx([1e-4, 1e-4, 1e-4 * 2 / 3, 1e-4 / 3])
+    assert optimizers[1].param_groups[0]["lr"] == pytest.approx(1e-4 / 3)  # all optimizers
+
+
+def test_resumed_run_continues_the_schedule():
+    handler = LinearDecayLR(_optimizers(1e-4), max_epochs=4, decay_epochs=2)
+    assert _run(handler, max_epochs=4, start_epoch=3) == pytest.approx([1e-4 / 3])
+
+
+def test_no_decay_keeps_lr_and_bad_arguments_fail():
+    assert _run(LinearDecayLR(_optimizers(), 3, 0), 3) == pytest.approx([1e-4] * 3)
+    with pytest.raises(ValueError, match="decay_epochs"):
+        LinearDecayLR(_optimizers(), max_epochs=2, decay_epochs=3)
