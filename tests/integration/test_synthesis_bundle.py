@@ -99,12 +99,13 @@ def test_baselines_train_and_infer(tmp_path, data, baseline):
 @pytest.mark.parametrize(
     ("workflow", "config"), [("train", "train.json"), ("infer", "inference.json")]
 )
-def test_property_checks_are_clean(data, workflow, config, monkeypatch):
+def test_property_checks_are_clean(data, workflow, config, monkeypatch, tmp_path):
     monkeypatch.chdir(BUNDLE)
     flow = ConfigWorkflow(
         config_file=[f"configs/{config}", "configs/profiles/test.json"],
         meta_file="configs/metadata.json", logging_file="configs/logging.conf",
-        workflow_type=workflow, bundle_root=".", **{k: str(v) for k, v in data.items()},
+        workflow_type=workflow, bundle_root=".", output_dir=str(tmp_path / "out"),
+        ckpt_dir=str(tmp_path / "models"), **{k: str(v) for k, v in data.items()},
     )  # fmt: skip
     flow.initialize()
     assert not flow.check_properties()
