@@ -90,6 +90,17 @@ def test_baselines_train_and_infer(tmp_path, data, baseline):
     assert "tumour_nets" not in full and "u_optimizer" not in full  # no U for the baselines
     channels = 2 if baseline == "masked_cyclegan" else 1
     _generator(channels).load_state_dict(torch.load(models / "model.pt", map_location="cpu"))
+    evaluate = [
+        "configs/train.json",
+        "configs/evaluate.json",
+        "configs/profiles/test.json",
+        override,
+    ]
+    run_bundle(evaluate, ckpt_dir=models, output_dir=tmp_path / "eval", **data)
+    kl = json.loads((tmp_path / "eval" / "tumour_kl.json").read_text())
+    assert (
+        math.isfinite(kl["tumour_kl"]) and (tmp_path / "eval" / "synthesis_epoch0001.png").exists()
+    )
     run_bundle(["configs/inference.json", "configs/profiles/test.json", override],
                ckpt_path=models / "model.pt", output_dir=tmp_path / "inf",
                ct_manifest=data["ct_manifest"])  # fmt: skip
