@@ -278,6 +278,19 @@ def test_generators_run_twice_per_iteration_plus_identity(lambda_identity):
     assert (trainer.state.output["identity"] > 0) == (lambda_identity > 0)
 
 
+def test_u_ct_runs_once_and_u_mri_twice_per_iteration():
+    """U_CT(x_c) is shared by the G and U steps (it does not depend on G; U is unchanged in
+    between); U_MRI must run twice: on G(x_c) with the graph into G, and on it detached."""
+    trainer = build_trainer(n_ct=2)
+    domains: list[str] = []
+    trainer.tumour_nets.register_forward_hook(
+        lambda module, args, kwargs, out: domains.append(kwargs.get("domain", args[1:2])),
+        with_kwargs=True,
+    )
+    trainer.run()
+    assert domains == ["ct", "mri", "mri"] * 2
+
+
 def test_without_tumour_nets_it_is_a_plain_cyclegan():
     trainer = build_trainer(tumour=False, ct_label=False)
     assert trainer.u_optimizer is None

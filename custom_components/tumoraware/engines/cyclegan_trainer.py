@@ -384,6 +384,13 @@ class CycleGANTrainer(Trainer):
         out: dict[str, Any] = dict.fromkeys(LOSS_KEYS, 0.0)
         engine.state.output = out
 
+        # U_CT(x_c) once per iteration, with U's graph: step (a) uses it detached (it does not
+        # depend on G), step (c) backpropagates it (U's weights do not change in between).
+        u_ct = None
+        if tumour_nets is not None:
+            with self._autocast(engine):
+                u_ct = tumour_nets(x_c, domain="ct")
+
         # (a) generators; D and U frozen, gradients flow through them into G and F
         _set_requires_grad([engine.d_mri, engine.d_ct, tumour_nets], False)
         try:
@@ -400,10 +407,10 @@ class CycleGANTrainer(Trainer):
                 cycle = engine.cycle_loss(rec_ct, ct_in) + engine.cycle_loss(rec_mri, mri_in)
                 tumour = feature = identity = None
                 if tumour_nets is not None:
-                    logits_ct, phi_ct = tumour_nets(x_c, domain="ct")
+                    # U_CT(x_c) does not depend on G: its detached value is what the G step needs
                     logits_mri, phi_mri = tumour_nets(fake_mri[:, :1], domain="mri")
-                    tumour = engine.tumour_loss(logits_ct, logits_mri, y_c)
-                    feature = engine.feature_loss(phi_ct, phi_mri)
+                    tumour = engine.tumour_loss(u_ct[0].detach(), logits_mri, y_c)
+                    feature = engine.feature_loss(u_ct[1].detach(), phi_mri)
                 if use_identity:
                     identity = engine.cycle_loss(
                         engine.g_ct2mri(mri_in), mri_in
@@ -446,11 +453,10 @@ class CycleGANTrainer(Trainer):
         if tumour_nets is not None:
             engine.u_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
             with self._autocast(engine):
-                logits_ct, phi_ct = tumour_nets(x_c, domain="ct")
                 logits_mri, phi_mri = tumour_nets(fake_mri[:, :1], domain="mri")
                 loss_u = engine.objective.tumour_network_loss(
-                    engine.tumour_loss(logits_ct, logits_mri, y_c),
-                    engine.feature_loss(phi_ct, phi_mri),
+                    engine.tumour_loss(u_ct[0], logits_mri, y_c),
+                    engine.feature_loss(u_ct[1], phi_mri),
                 )
             self._backward(loss_u, engine.u_scaler)
             self._step(engine.u_optimizer, engine.u_scaler)
