@@ -146,3 +146,13 @@ def test_tracking_mlflow_logs_losses_and_validation_metrics(tmp_path, data):
     assert {"train_loss", "tumour_kl", "tumour_js"} <= set(run.data.metrics)
     steps = TEST_PROFILE["max_epochs"] * TEST_PROFILE["epoch_length"]
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == steps
+
+
+def test_training_is_deterministic_when_seeded(tmp_path, data):
+    """Same seed, same weights: crops, shuffling and the image pool all draw from seeded RNGs."""
+    weights = []
+    for run in ("a", "b"):  # a pool of 2 fills at once, so its random swaps happen in this run
+        models = _train(tmp_path / run, data, pool_size=2, max_epochs=3)
+        weights.append(torch.load(models / "model.pt", map_location="cpu"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
