@@ -261,7 +261,7 @@ def test_tied_unets_reject_bad_input_and_arguments():
         ValueError, match=r"multiples of 2\*\*\(len\(channels\) - 1\) = 4.*H=18, W=16"
     ):
         tied.forward_ct(torch.zeros(1, 1, 18, 16))
-    with pytest.raises(ValueError, match=r"more than\s+one bottleneck pixel.*H=4, W=4"):
+    with pytest.raises(ValueError, match=r"more than one pixel at the lowest resolution.*H=4, W=4"):
         tied.forward_mri(torch.zeros(1, 1, 4, 4))
     with pytest.raises(
         ValueError, match=r"expected input of shape \(B, 1, H, W\), got \(1, 16, 16\)"

@@ -34,6 +34,8 @@ from monai.networks.blocks import Convolution
 from monai.networks.utils import normal_init
 from torch import nn
 
+from tumoraware.networks._checks import check_2d_input
+
 __all__ = ["PADDING_MODES", "ResnetBlock", "ResnetGenerator", "init_weights"]
 
 PADDING_MODES = ("reflect", "replicate", "zeros")
@@ -235,18 +237,9 @@ class ResnetGenerator(nn.Module):
         Returns:
             ``(B, out_channels, H, W)`` in [-1, 1].
         """
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}."
-            )
         factor = 2**self.n_downsampling
+        check_2d_input(x, self.in_channels, factor, "2**n_downsampling")
         h, w = x.shape[-2:]
-        if h % factor or w % factor or h * w <= factor**2:
-            raise ValueError(
-                f"H and W must be multiples of 2**n_downsampling = {factor} leaving more than one "
-                f"pixel at the lowest resolution (InstanceNorm needs it), got H={h}, W={w} "
-                f"(input shape {tuple(x.shape)})."
-            )
         if self.padding_mode == "reflect" and min(h, w) < 2 * factor:
             raise ValueError(
                 f"with reflection padding, H and W must be at least 2 * 2**n_downsampling = "

@@ -44,6 +44,7 @@ import torch
 from monai.networks.blocks import UnetBasicBlock, UnetOutBlock, UpSample
 from torch import nn
 
+from tumoraware.networks._checks import check_2d_input
 from tumoraware.networks.resnet_generator import init_weights
 
 __all__ = ["DOMAINS", "FEATURE_TAPS", "TiedTumourUNets", "TumourUNet", "double_conv"]
@@ -163,18 +164,7 @@ class TumourUNet(nn.Module):
             ``(logits, features)``: logits ``(B, out_channels, H, W)``; features as described by
             ``feature_tap`` in the class docstring.
         """
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}."
-            )
-        factor = 2 ** (len(self.channels) - 1)
-        h, w = x.shape[-2:]
-        if h % factor or w % factor or h * w <= factor**2:
-            raise ValueError(
-                f"H and W must be multiples of 2**(len(channels) - 1) = {factor} leaving more than "
-                f"one bottleneck pixel (InstanceNorm needs it), got H={h}, W={w} (input shape "
-                f"{tuple(x.shape)})."
-            )
+        check_2d_input(x, self.in_channels, 2 ** (len(self.channels) - 1), "2**(len(channels) - 1)")
         skips = []
         for block in self.encoder:
             x = block(x)

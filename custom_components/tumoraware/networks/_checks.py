@@ -1,0 +1,24 @@
+"""Input checks shared by the 2D networks: a clear error instead of a shape error deep inside."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_2d_input"]
+
+
+def check_2d_input(x: torch.Tensor, in_channels: int, factor: int, why: str) -> None:
+    """Raise ValueError unless ``x`` is ``(B, in_channels, H, W)`` with H, W multiples of
+    ``factor`` that leave more than one pixel at the lowest resolution (InstanceNorm needs it).
+
+    ``why`` names the factor in the message, e.g. ``"2**n_downsampling"``.
+    """
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"expected input of shape (B, {in_channels}, H, W), got {tuple(x.shape)}.")
+    h, w = x.shape[-2:]
+    if h % factor or w % factor or h * w <= factor**2:
+        raise ValueError(
+            f"H and W must be multiples of {why} = {factor} leaving more than one pixel at the "
+            f"lowest resolution (InstanceNorm needs it), got H={h}, W={w} (input shape "
+            f"{tuple(x.shape)})."
+        )
