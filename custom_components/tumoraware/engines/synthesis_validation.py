@@ -73,6 +73,7 @@ class TumourKLHandler:
         self.prefix = prefix
         self.output_json = Path(output_json) if output_json else None
         self.metric = TumourKLMetric(bins=bins, eps=eps)
+        self._real_counts: torch.Tensor | None = None  # the real side never changes: pool it once
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self.started)
@@ -81,8 +82,11 @@ class TumourKLHandler:
 
     def started(self, engine: Engine) -> None:
         self.metric.reset()
-        for batch in self.real_loader:
-            self.metric.update_real(batch[self.real_image_key], batch[self.real_mask_key])
+        if self._real_counts is None:
+            for batch in self.real_loader:
+                self.metric.update_real(batch[self.real_image_key], batch[self.real_mask_key])
+            self._real_counts = self.metric.real_counts.clone()
+        self.metric.real_counts = self._real_counts.clone()
 
     def iteration_completed(self, engine: Engine) -> None:
         output = engine.state.output
