@@ -111,6 +111,22 @@ def test_mri_normalisation_maps_percentiles_to_minus_one_one():
     assert inside.mean() > 0.97  # the mapping is linear, not a clip of everything
 
 
+@pytest.mark.parametrize("channel_wise", [True, False])
+def test_mri_normalisation_keeps_metadata_and_matches_monai(channel_wise):
+    from monai.transforms import ScaleIntensityRangePercentilesd
+
+    rng = np.random.default_rng(1)
+    img = meta_tensor(rng.gamma(2.0, 300.0, (2, 12, 10, 4)), "/mri/p01_week1.nii.gz")
+    out = RobustMRINormalized(keys="image", channel_wise=channel_wise)({"image": img})["image"]
+    ref = ScaleIntensityRangePercentilesd(
+        "image", 1.0, 99.0, -1.0, 1.0, clip=True, channel_wise=channel_wise, dtype=np.float32
+    )({"image": img})["image"]
+    assert isinstance(out, MetaTensor) and out.dtype == torch.float32
+    torch.testing.assert_close(out.affine, img.affine)
+    assert out.meta["filename_or_obj"] == "/mri/p01_week1.nii.gz"
+    torch.testing.assert_close(out.as_tensor(), ref.as_tensor())
+
+
 def test_mri_normalisation_is_invariant_to_scanner_gain():
     x = mri(seed=3)
     t = RobustMRINormalized(keys="image")

@@ -16,8 +16,13 @@ import torch
 from monai.config import DtypeLike, KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import ScaleIntensityRanged, ScaleIntensityRangePercentilesd
+from monai.transforms import (
+    ScaleIntensityRange,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+)
 from monai.transforms.utils_pytorch_numpy_unification import percentile
+from monai.utils import convert_to_dst_type, convert_to_tensor
 
 from tumoraware.hounsfield import HU_RANGE, diagnose_hu
 
@@ -159,9 +164,11 @@ class RobustMRINormalized(ScaleIntensityRangePercentilesd):
 
     MRI intensities have no physical unit and change with scanner gain, so each volume is
     normalised on its own percentiles (robust to a few hot voxels) and clipped: the output is
-    invariant to a global gain ``x -> g * x``. The scaling is MONAI's
-    :class:`~monai.transforms.ScaleIntensityRangePercentilesd` (``clip=True``); written here by
-    hand are two checks MONAI lacks, each raising ``ValueError`` naming the file:
+    invariant to a global gain ``x -> g * x``. It behaves as MONAI's
+    :class:`~monai.transforms.ScaleIntensityRangePercentilesd` (``clip=True``), whose parameters it
+    takes: the percentiles are computed once (for the checks below) and the scaling is MONAI's
+    :class:`~monai.transforms.ScaleIntensityRange` on them. Written here by hand are two checks
+    MONAI lacks, each raising ``ValueError`` naming the file:
 
     - NaN/Inf voxels (MONAI's percentiles would be NaN and the whole output NaN);
     - a constant image, i.e. the ``lower`` and ``upper`` percentiles coincide (MONAI only warns
@@ -215,12 +222,17 @@ class RobustMRINormalized(ScaleIntensityRangePercentilesd):
             allow_missing_keys=allow_missing_keys,
         )
 
-    def check(self, img: NdarrayOrTensor, name: str) -> None:
-        """Raise ``ValueError`` naming ``name`` if ``img`` has NaN/Inf or is constant."""
+    def check(self, img: NdarrayOrTensor, name: str) -> list[tuple[float, float]]:
+        """Raise ``ValueError`` naming ``name`` if ``img`` has NaN/Inf or is constant.
+
+        Returns the ``(lower, upper)`` percentile values per channel (one pair when not
+        ``channel_wise``), so the scaling does not compute them again.
+        """
         t = _as_float_tensor(img)
         _check_finite(t, name)
         lower, upper = self.scaler.lower, self.scaler.upper
         channels = list(t) if self.scaler.channel_wise else [t]
+        bounds = []
         for c, x in enumerate(channels):
             lo, hi = (float(v) for v in percentile(x.reshape(-1), [lower, upper]))
             if hi <= lo:
@@ -231,10 +243,26 @@ class RobustMRINormalized(ScaleIntensityRangePercentilesd):
                     f"{upper - lower:g}% of voxels share one value). Fix: check that the file "
                     "holds the intended series (not an empty or mask volume) or widen lower/upper."
                 )
+            bounds.append((lo, hi))
+        return bounds
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
+        s = self.scaler
         for key in self.key_iterator(d):
-            self.check(d[key], source_name(d[key], key))
-            d[key] = self.scaler(d[key])
+            img = d[key]
+            bounds = self.check(img, source_name(img, key))
+            # The percentiles are known now: scale with MONAI's ScaleIntensityRange on them, as
+            # ScaleIntensityRangePercentiles does after computing them a second time itself.
+            t = convert_to_tensor(img, track_meta=False, dtype=torch.float32)
+            channels = list(t) if s.channel_wise else [t]
+            scaled = [
+                ScaleIntensityRange(lo, hi, s.b_min, s.b_max, clip=True)(x)
+                for x, (lo, hi) in zip(channels, bounds, strict=True)
+            ]
+            out = torch.stack(scaled) if s.channel_wise else scaled[0]
+            # ScaleIntensityRange wraps plain tensors as MetaTensors with a default affine;
+            # drop that so the input's metadata (affine, file name) is what the output carries.
+            out = convert_to_tensor(out, track_meta=False)
+            d[key] = convert_to_dst_type(out, dst=img, dtype=s.dtype)[0]
         return d
