@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,21 +16,15 @@ from tumoraware.data.manifest import validate_manifest
 from tumoraware.networks import ResnetGenerator
 
 from ..conftest import REPO_ROOT
+from .bundle_runner import run_bundle as _run_bundle
 
 BUNDLE = REPO_ROOT / "bundles" / "lung_ct2mri_synthesis"
 TEST_PROFILE = json.loads((BUNDLE / "configs" / "profiles" / "test.json").read_text())
 
 
 def run_bundle(configs: list[str], **overrides: object) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run --config_file [...] --key value`` from the bundle folder."""
-    files = "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files]
-    for key, value in overrides.items():
-        args += [f"--{key}", str(value)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(args, cwd=BUNDLE, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    """The synthesis bundle through ``python -m monai.bundle run``."""
+    return _run_bundle(BUNDLE, configs, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,15 @@ torchrun starts); a hang (e.g. a collective called on rank 0 only) fails after 3
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tumoraware.networks import ResnetGenerator
+
+from .bundle_runner import torchrun_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -63,53 +61,14 @@ PROBE = {
 
 
 def torchrun(tmp: Path, manifest: Path, models: Path, runs: Path, *extra: str) -> tuple[int, str]:
-    """``torchrun --standalone --nproc_per_node=2 -m monai.bundle run ...`` from the bundle
-    folder, on CPU; returns ``(exit code, stdout + stderr)``. The whole process group is
-    killed if it outlives ``TIMEOUT_S``."""
+    """2-process training from the bundle folder, on CPU, with the probe; validation after
+    every epoch (``--val_interval 1``), so rank-0-only validation is exercised."""
     probe = tmp / "probe.json"
     probe.write_text(json.dumps(PROBE))
-    exe = Path(sys.executable).with_name("torchrun")
-    launcher = [str(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
-    cmd = [
-        *launcher,
-        "--standalone",  # a free rendezvous port: no clash with another torchrun on 29500
-        f"--nproc_per_node={NPROC}",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str([*CONFIGS, str(probe)]),
-        "--ct_manifest",
-        str(manifest),
-        "--mri_manifest",
-        str(manifest),
-        "--ckpt_dir",
-        str(models),
-        "--output_dir",
-        str(runs),
-        "--val_interval",  # validate after every epoch, so rank-0-only validation is exercised
-        "1",
-        *extra,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    proc = subprocess.Popen(
-        cmd,
-        cwd=BUNDLE,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, so a hang can be killed with workers
-    )
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun ran past {TIMEOUT_S} s; output tail:\n{out[-4000:]}")
-    return proc.returncode, out
+    overrides = dict(zip([e.lstrip("-") for e in extra[::2]], extra[1::2], strict=True))
+    return torchrun_bundle(BUNDLE, [*CONFIGS, str(probe)], nproc=NPROC, timeout_s=TIMEOUT_S,
+                           ct_manifest=manifest, mri_manifest=manifest, ckpt_dir=models,
+                           output_dir=runs, val_interval=1, **overrides)  # fmt: skip
 
 
 def tail(log: str) -> str:

@@ -5,12 +5,18 @@
 - :class:`TumourRegionCropd`: square (in mm) tumour-region crop, resized to 256 x 256.
 - :class:`VolumeToSlicesd`: volume to 2D axial slice samples (tumour slices + tumour-free share).
 - :class:`AppendMaskChanneld`: the masked-CycleGAN input (image + mask as channels).
+- :class:`ValueRangeCheckd`: a check that already-normalised images are finite and in range.
 - :class:`RandBodySquareCropd`: random fixed-size (mm) square crop inside the body of a slice.
 """
 
 from tumoraware.transforms.channels import AppendMaskChanneld
 from tumoraware.transforms.crop import TumourRegionCropd, square_tumour_box
-from tumoraware.transforms.intensity import CTWindowd, RobustMRINormalized, source_name
+from tumoraware.transforms.intensity import (
+    CTWindowd,
+    RobustMRINormalized,
+    ValueRangeCheckd,
+    source_name,
+)
 from tumoraware.transforms.random_crop import RandBodySquareCropd
 from tumoraware.transforms.slices import VolumeToSlicesd
 
@@ -20,6 +26,7 @@ __all__ = [
     "RandBodySquareCropd",
     "RobustMRINormalized",
     "TumourRegionCropd",
+    "ValueRangeCheckd",
     "VolumeToSlicesd",
     "source_name",
     "square_tumour_box",

@@ -17,6 +17,7 @@ from monai.config import DtypeLike, KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import (
+    MapTransform,
     ScaleIntensityRange,
     ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
@@ -26,7 +27,7 @@ from monai.utils import convert_to_dst_type, convert_to_tensor
 
 from tumoraware.hounsfield import HU_RANGE, diagnose_hu
 
-__all__ = ["CTWindowd", "RobustMRINormalized", "source_name"]
+__all__ = ["CTWindowd", "RobustMRINormalized", "ValueRangeCheckd", "source_name"]
 
 
 def source_name(img: Any, key: Hashable | None = None) -> str:
@@ -265,4 +266,58 @@ class RobustMRINormalized(ScaleIntensityRangePercentilesd):
             # drop that so the input's metadata (affine, file name) is what the output carries.
             out = convert_to_tensor(out, track_meta=False)
             d[key] = convert_to_dst_type(out, dst=img, dtype=s.dtype)[0]
+        return d
+
+
+class ValueRangeCheckd(MapTransform):
+    """Pass data through unchanged after checking it is finite and inside ``value_range``.
+
+    For images that are already on the networks' scale, e.g. the synthesis bundle's synthetic
+    MRI (generator ``tanh`` output in ``[-1, 1]``): normalising them again would shift them off
+    the real-MRI scale the generator learned, so they get this check instead of a scaler. A
+    file from elsewhere (raw MRI in scanner units, NaNs) raises an error naming it. Hand-written:
+    MONAI has no check-only intensity transform.
+
+    Args:
+        keys: keys of the corresponding items to be checked, e.g. ``"image"``.
+            See also: :py:class:`monai.transforms.MapTransform`.
+        value_range: inclusive ``(low, high)`` the values must lie in. Default ``(-1, 1)``.
+        tolerance: slack on both ends (float rounding of saved files). Default 1e-3.
+        allow_missing_keys: don't raise an exception if a key is missing.
+
+    Shapes:
+        any array; returned as given (same object, same metadata).
+
+    Raises:
+        ValueError: NaN/Inf, or a value outside ``value_range`` (naming the file).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        value_range: tuple[float, float] = (-1.0, 1.0),
+        tolerance: float = 1e-3,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        low, high = (float(v) for v in value_range)
+        if not low < high:
+            raise ValueError(f"ValueRangeCheckd: expected low < high, got {value_range}.")
+        self.low, self.high, self.tolerance = low, high, float(tolerance)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            name = source_name(d[key], key)
+            t = _as_float_tensor(d[key])
+            _check_finite(t, name)
+            lo, hi = float(t.min()), float(t.max())
+            if lo < self.low - self.tolerance or hi > self.high + self.tolerance:
+                raise ValueError(
+                    f"{name}: expected values in [{self.low:g}, {self.high:g}] (already "
+                    f"normalised, e.g. synthetic MRI from the synthesis bundle), got "
+                    f"[{lo:g}, {hi:g}]. Fix: list raw MRI under a real-MRI split (it is "
+                    "normalised there), or regenerate the synthetic MRI with the synthesis "
+                    "bundle's inference.json."
+                )
         return d
