@@ -14,6 +14,7 @@ from tumoraware.transforms import (
     CTWindowd,
     RobustMRINormalized,
     TumourRegionCropd,
+    ValueRangeCheckd,
     VolumeToSlicesd,
 )
 from tumoraware.transforms.crop import square_tumour_box
@@ -157,6 +158,26 @@ def test_mri_normalisation_rejects_nan_and_constant_images():
     one_flat = np.concatenate([mri(shape=(1, 8, 8, 3)), np.zeros((1, 8, 8, 3))])
     with pytest.raises(ValueError, match=r"^/mri/p03\.nii\.gz: .*channel 1 .*percentiles both 0"):
         t({"image": meta_tensor(one_flat, "/mri/p03.nii.gz")})
+
+
+def test_value_range_check_passes_normalised_images_through_unchanged():
+    x = meta_tensor(np.linspace(-1.0, 1.0, 8 * 8 * 3).reshape(1, 8, 8, 3), "/syn/c01.nii.gz")
+    out = ValueRangeCheckd(keys="image")({"image": x})
+    assert out["image"] is x
+
+
+def test_value_range_check_names_the_file_for_raw_or_nan_images():
+    check = ValueRangeCheckd(keys="image")
+    with pytest.raises(ValueError, match=r"^/syn/raw\.nii\.gz: .*got \[0, 900\].*Fix:"):
+        check(
+            {"image": meta_tensor(np.linspace(0, 900, 64).reshape(1, 4, 4, 4), "/syn/raw.nii.gz")}
+        )
+    x = np.zeros((1, 4, 4, 4))
+    x[0, 1, 1, 1] = np.nan
+    with pytest.raises(ValueError, match=r"^/syn/nan\.nii\.gz: .*1 NaN/Inf"):
+        check({"image": meta_tensor(x, "/syn/nan.nii.gz")})
+    with pytest.raises(ValueError, match="low < high"):
+        ValueRangeCheckd(keys="image", value_range=(1.0, -1.0))
 
 
 # ------------------------------------------------------------------------- TumourRegionCropd
