@@ -1,0 +1,212 @@
+"""The segmentation bundle run as users run it: `python -m monai.bundle run` on tiny phantoms.
+
+A module fixture first runs the synthesis bundle (test profile) on the session's tiny world and
+its inference, so the segmentation bundle trains on real synthetic-MRI files from bundle 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from monai.networks.nets import UNet
+
+from ..conftest import REPO_ROOT
+from .bundle_runner import run_bundle
+
+BUNDLE = REPO_ROOT / "bundles" / "lung_mri_tumor_segmentation"
+TEST_PROFILE = json.loads((BUNDLE / "configs" / "profiles" / "test.json").read_text())
+VARIANTS = ["semi_supervised", "synthetic_only", "week_one_only"]
+
+
+def segment(configs: list[str], expect_ok: bool = True, **overrides: object):
+    return run_bundle(BUNDLE, configs, expect_ok=expect_ok, **overrides)
+
+
+def test_unet(state: dict) -> UNet:
+    net = UNet(2, 1, 2, TEST_PROFILE["unet_channels"], TEST_PROFILE["unet_strides"],
+               num_res_units=TEST_PROFILE["unet_res_units"])  # fmt: skip
+    net.load_state_dict(state)  # strict: a plain state_dict of exactly this network
+    return net
+
+
+test_unet.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="module")
+def data(tiny_world, tiny_synthetic_mri) -> dict[str, Path]:
+    """Manifests: the tiny world, and synthetic MRI made from its CT by bundle 1 (test profile)."""
+    return {"mri_manifest": tiny_world[1], "synthetic_manifest": tiny_synthetic_mri}
+
+
+def _train(tmp: Path, data: dict, variant: str, **overrides) -> Path:
+    configs = [
+        "configs/train.json",
+        f"configs/variants/{variant}.json",
+        "configs/profiles/test.json",
+    ]
+    segment(configs, ckpt_dir=tmp / "models", output_dir=tmp / "runs", **{**data, **overrides})
+    return tmp / "models"
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    """``models/`` of one semi-supervised test-profile training."""
+    return _train(tmp_path_factory.mktemp("seg"), data, "semi_supervised")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_variant_trains_evaluates_and_infers(tmp_path, data, variant):
+    if variant == "week_one_only":  # needs no synthetic MRI at all: point at a missing file
+        data = {**data, "synthetic_manifest": tmp_path / "missing.json"}
+    models = _train(tmp_path, data, variant)
+    test_unet(torch.load(models / "model.pt", map_location="cpu"))  # best-Dice plain state_dict
+    full = torch.load(models / "checkpoint_final.pt", map_location="cpu", weights_only=False)
+    assert {"network", "optimizer", "trainer"} <= set(full)
+    steps = TEST_PROFILE["max_epochs"] * TEST_PROFILE["epoch_length"]
+    assert full["trainer"]["iteration"] == steps
+
+    eval_dir = tmp_path / "eval"
+    segment(["configs/train.json", "configs/evaluate.json", "configs/profiles/test.json"],
+            ckpt_dir=models, output_dir=eval_dir, method_name=variant,
+            **data)  # fmt: skip
+    cases = json.loads(Path(data["mri_manifest"]).read_text())["mri_test"]
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    dice = summary["metrics"]["val_mean_dice"]
+    assert dice["n"] == len(cases) and 0.0 <= dice["mean"] <= 1.0
+    hd = summary["metrics"]["val_hd95"]
+    assert hd["n"] == len(cases) and (hd["n_nan"] == hd["n"] or hd["mean"] >= 0.0)
+    with open(eval_dir / "val_mean_dice_raw.csv") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert len(rows) == 1 + len(cases)  # header + one row per test volume
+    assert variant in (eval_dir / "summary.md").read_text()
+    assert (eval_dir / "fig4_panels.png").stat().st_size > 1000
+    assert len(list((eval_dir / "panels").glob("*.png"))) == len(cases)
+
+    segment(["configs/inference.json", "configs/profiles/test.json"],
+            ckpt_path=models / "model.pt", output_dir=tmp_path / "inf",
+            mri_manifest=data["mri_manifest"])  # fmt: skip
+    for case in cases:
+        source = nib.load(Path(data["mri_manifest"]).parent / case["image"])
+        name = Path(case["image"]).name.replace(".nii.gz", "_seg.nii.gz")
+        mask = nib.load(tmp_path / "inf" / name)
+        assert mask.shape == source.shape
+        np.testing.assert_allclose(mask.affine, source.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+
+
+def test_resume_continues_from_the_full_checkpoint(tmp_path, data):
+    models = _train(tmp_path, data, "week_one_only")
+    _train(tmp_path, data, "week_one_only", resume=True, max_epochs=TEST_PROFILE["max_epochs"] + 1)
+    full = torch.load(models / "checkpoint_final.pt", map_location="cpu", weights_only=False)
+    steps = (TEST_PROFILE["max_epochs"] + 1) * TEST_PROFILE["epoch_length"]
+    assert full["trainer"]["iteration"] == steps
+
+
+def _nibabel_anatomical() -> Path:
+    return Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
+
+
+def _pydicom_mr_small() -> Path:
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("MR_small.dcm"))
+
+
+def _without_trailing_ones(shape) -> tuple[int, ...]:
+    shape = tuple(shape)
+    while len(shape) > 2 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def test_inference_on_real_files_keeps_their_shape_and_geometry(tmp_path, trained):
+    """nibabel's anatomical.nii (2 mm, LAS) and pydicom's MR_small.dcm, as a file and as a
+    one-file DICOM series folder: each gets a binary mask of its own shape and affine."""
+    series = tmp_path / "mr_small_series"
+    series.mkdir()
+    shutil.copy(_pydicom_mr_small(), series / "MR_small.dcm")
+    inputs = [str(_nibabel_anatomical()), str(_pydicom_mr_small()), str(series)]
+    segment(["configs/inference.json", "configs/profiles/test.json"],
+            ckpt_path=trained / "model.pt", output_dir=tmp_path / "inf",
+            datalist=json.dumps(inputs))  # fmt: skip
+    from monai.transforms import LoadImage
+
+    outputs = sorted((tmp_path / "inf").glob("*_seg.nii.gz"))
+    assert len(outputs) == 3, outputs
+    by_name = {p.name: p for p in outputs}
+    expected = {
+        "anatomical_seg.nii.gz": inputs[0],
+        "MR_small_seg.nii.gz": inputs[1],
+        "mr_small_series_seg.nii.gz": inputs[2],
+    }
+    assert set(by_name) == set(expected)
+    for name, source in expected.items():
+        reference = LoadImage(image_only=True)(source)  # MONAI's own reading of the input
+        mask = nib.load(by_name[name])
+        # MONAI's writer drops trailing singleton dims: one DICOM slice gives a 2D NIfTI
+        assert mask.shape == _without_trailing_ones(reference.shape), name
+        np.testing.assert_allclose(mask.affine, reference.affine.numpy(), atol=1e-4)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+
+
+def test_inference_of_a_corrupt_file_names_it(tmp_path, trained):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a nifti file")
+    result = segment(["configs/inference.json", "configs/profiles/test.json"], expect_ok=False,
+                     ckpt_path=trained / "model.pt", output_dir=tmp_path / "inf",
+                     datalist=json.dumps([str(bad)]))  # fmt: skip
+    assert result.returncode != 0 and "broken.nii.gz" in result.stdout + result.stderr
+
+
+def test_training_is_deterministic_when_seeded(tmp_path, data):
+    weights = []
+    for run in ("a", "b"):
+        models = _train(tmp_path / run, data, "semi_supervised")
+        full = torch.load(models / "checkpoint_final.pt", map_location="cpu", weights_only=False)
+        weights.append(full["network"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.parametrize(
+    ("workflow", "config"), [("train", "train.json"), ("infer", "inference.json")]
+)
+def test_property_checks_are_clean(data, workflow, config, monkeypatch, tmp_path):
+    monkeypatch.chdir(BUNDLE)
+    flow = ConfigWorkflow(
+        config_file=[f"configs/{config}", "configs/profiles/test.json"],
+        meta_file="configs/metadata.json", logging_file="configs/logging.conf",
+        workflow_type=workflow, bundle_root=".", output_dir=str(tmp_path / "out"),
+        ckpt_dir=str(tmp_path / "models"), **{k: str(v) for k, v in data.items()},
+    )  # fmt: skip
+    flow.initialize()
+    assert not flow.check_properties()
+
+
+def test_metadata_validates_against_the_model_zoo_schema():
+    schema = REPO_ROOT.parent / "shared" / "reference" / "meta_schema_20240725.json"
+    if not schema.exists():
+        pytest.skip(f"{schema} not present (it ships beside the repository)")
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
+         str(BUNDLE / "configs" / "metadata.json"), "--filepath", str(schema),
+         "--hash_val", "06954cad2cc5d3784e72077ac76f0fc8"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0 and "verified with no error" in result.stdout + result.stderr
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    fmt = meta["network_data_format"]
+    assert len(fmt["inputs"]["image"]["spatial_shape"]) == 2  # MONAI Label: a 2D model
+    assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "tumor"}
+    assert math.isclose(json.loads((BUNDLE / "configs" / "train.json").read_text())
+                        ["learning_rate"], 1e-4)  # fmt: skip
