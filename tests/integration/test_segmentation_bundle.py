@@ -105,12 +105,21 @@ def test_each_variant_trains_evaluates_and_infers(tmp_path, data, variant):
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
 
 
-def test_resume_continues_from_the_full_checkpoint(tmp_path, data):
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, data):
+    """A run killed after its last interval checkpoint (simulated: the final one removed)
+    continues from ``checkpoint_epoch=N.pt`` with ``--resume True``."""
     models = _train(tmp_path, data, "week_one_only")
-    _train(tmp_path, data, "week_one_only", resume=True, max_epochs=TEST_PROFILE["max_epochs"] + 1)
+    (models / "checkpoint_final.pt").unlink()
+    interval = models / f"checkpoint_epoch={TEST_PROFILE['max_epochs']}.pt"
+    assert interval.exists()
+    more = TEST_PROFILE["max_epochs"] + 1
+    result = segment(
+        ["configs/train.json", "configs/variants/week_one_only.json", "configs/profiles/test.json"],
+        ckpt_dir=models, output_dir=tmp_path / "runs", resume=True, max_epochs=more, **data,
+    )  # fmt: skip
+    assert f"Restored all variables from {interval}" in result.stdout + result.stderr
     full = torch.load(models / "checkpoint_final.pt", map_location="cpu", weights_only=False)
-    steps = (TEST_PROFILE["max_epochs"] + 1) * TEST_PROFILE["epoch_length"]
-    assert full["trainer"]["iteration"] == steps
+    assert full["trainer"]["iteration"] == more * TEST_PROFILE["epoch_length"]
 
 
 def _nibabel_anatomical() -> Path:

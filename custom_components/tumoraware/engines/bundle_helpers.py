@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["attach_all", "scalar_losses"]
+__all__ = ["attach_all", "latest_checkpoint", "scalar_losses"]
+
+_EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
 def scalar_losses(output: Mapping[str, Any] | list[Mapping[str, Any]]) -> dict[str, float]:
@@ -26,3 +31,28 @@ def attach_all(handlers: list[Any], engine: Any) -> None:
     """Attach ``handlers`` that refer to ``engine`` itself (so cannot be built before it)."""
     for handler in handlers:
         handler.attach(engine)
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, final_name: str = "checkpoint_final.pt") -> str:
+    """The full checkpoint to resume from: the newest of ``final_name`` and MONAI's
+    ``CheckpointSaver`` interval files ``checkpoint_epoch=N.pt`` in ``ckpt_dir``.
+
+    A finished run leaves ``final_name``; an interrupted one (killed, out of time) leaves only
+    its last interval file, which is what it must continue from. The newest by modification
+    time wins (a later, interrupted run beats an older finished one); ties go to the higher
+    epoch. If nothing is there, returns the ``final_name`` path, so that MONAI's
+    ``CheckpointLoader`` reports the missing file by name.
+    """
+    folder = Path(ckpt_dir)
+    candidates = [folder / final_name] if (folder / final_name).is_file() else []
+    candidates += [
+        f for f in folder.glob("checkpoint_epoch=*.pt") if _EPOCH_CHECKPOINT.search(f.name)
+    ]
+    if not candidates:
+        return str(folder / final_name)
+
+    def order(path: Path) -> tuple[float, int]:
+        match = _EPOCH_CHECKPOINT.search(path.name)
+        return path.stat().st_mtime, int(match.group(1)) if match else -1
+
+    return str(max(candidates, key=order))
