@@ -35,7 +35,7 @@ def segment(configs: list[str], expect_ok: bool = True, **overrides: object):
 
 def test_unet(state: dict) -> UNet:
     net = UNet(2, 1, 2, TEST_PROFILE["unet_channels"], TEST_PROFILE["unet_strides"],
-               num_res_units=TEST_PROFILE["unet_res_units"])  # fmt: skip
+               num_res_units=TEST_PROFILE["unet_res_units"], norm="batch")  # fmt: skip
     net.load_state_dict(state)  # strict: a plain state_dict of exactly this network
     return net
 

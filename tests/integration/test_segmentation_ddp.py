@@ -68,7 +68,7 @@ def test_rank0_saves_a_plain_state_dict_and_logs_once(ddp_run):
     state = torch.load(ddp_run["models"] / "model.pt", map_location="cpu")
     assert not any(k.startswith("module.") for k in state)
     net = UNet(2, 1, 2, TEST_PROFILE["unet_channels"], TEST_PROFILE["unet_strides"],
-               num_res_units=TEST_PROFILE["unet_res_units"])  # fmt: skip
+               num_res_units=TEST_PROFILE["unet_res_units"], norm="batch")  # fmt: skip
     net.load_state_dict(state)
     log = ddp_run["log"]
     assert log.count("Key metric: val_mean_dice best value") == TEST_PROFILE["max_epochs"]
