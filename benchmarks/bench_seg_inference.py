@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from contention import busy_s, cpu_pressure, own_cpu_s, stall_us  # benchmarks/contention.py
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "lung_mri_tumor_segmentation"
@@ -150,35 +151,6 @@ def write_checkpoint(row: dict, bundle: Path, path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # child: one row in a fresh process
-
-
-def cpu_pressure() -> str | None:
-    """Linux PSI ``some`` line of /proc/pressure/cpu: share of time runnable tasks waited."""
-    try:
-        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def stall_us() -> int | None:
-    """Cumulative µs some runnable task waited for a CPU (Linux PSI), or None where absent."""
-    line = cpu_pressure()
-    return int(line.rsplit("total=", 1)[1]) if line and "total=" in line else None
-
-
-def busy_s() -> float | None:
-    """CPU seconds the whole machine has been busy (``/proc/stat``, steal included)."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_s() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 def max_rss_mb() -> float:

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from contention import busy_s, cpu_pressure, own_cpu_s, stall_us  # benchmarks/contention.py
 from torch.nn import functional as nnf
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
@@ -184,14 +185,6 @@ def engine_step(
 # measurement
 
 
-def cpu_pressure() -> str | None:
-    """Linux PSI ``some`` line of /proc/pressure/cpu: share of time runnable tasks waited."""
-    try:
-        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return None
-
-
 def matmul_peak(n: int = 2048, repeats: int = 8) -> float:
     """Best-of GFLOP/s of an fp32 ``n x n @ n x n`` matmul (2 n^3 FLOP)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -208,27 +201,6 @@ def count_flops(step: Callable[[], float]) -> int:
     with FlopCounterMode(display=False) as counter:
         step()
     return int(counter.get_total_flops())
-
-
-def stall_us() -> int | None:
-    """Cumulative µs some runnable task waited for a CPU (Linux PSI), or None where absent."""
-    line = cpu_pressure()
-    return int(line.rsplit("total=", 1)[1]) if line and "total=" in line else None
-
-
-def busy_s() -> float | None:
-    """CPU seconds the whole machine has been busy (``/proc/stat``, steal included)."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_s() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 def timed(step: Callable[[], float]) -> tuple[float, float, float]:

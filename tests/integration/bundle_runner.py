@@ -61,3 +61,42 @@ def torchrun_bundle(
         out, _ = proc.communicate()
         pytest.fail(f"torchrun ran past {timeout_s} s; output tail:\n{out[-4000:]}")
     return proc.returncode, out
+
+
+def property_problems(bundle: Path, workflow: str, config: str, tmp: Path, **ids: object) -> list:
+    """What MONAI's ``ConfigWorkflow.check_properties`` finds missing in ``configs/<config>`` +
+    the test profile, as a ``workflow`` ("train" / "infer") workflow; empty when clean."""
+    from monai.bundle import ConfigWorkflow
+
+    cwd = os.getcwd()
+    os.chdir(bundle)  # the configs' paths are relative to the bundle folder
+    try:
+        flow = ConfigWorkflow(
+            config_file=[f"configs/{config}", "configs/profiles/test.json"],
+            meta_file="configs/metadata.json", logging_file="configs/logging.conf",
+            workflow_type=workflow, bundle_root=".", output_dir=str(tmp / "out"),
+            ckpt_dir=str(tmp / "models"), **{k: str(v) for k, v in ids.items()},
+        )  # fmt: skip
+        flow.initialize()
+        return list(flow.check_properties() or [])
+    finally:
+        os.chdir(cwd)
+
+
+SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "reference" / "meta_schema_20240725.json"
+SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
+
+
+def verify_metadata(bundle: Path) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle verify_metadata`` of the bundle against the Model Zoo schema
+    (20240725, shipped beside the repository; the test is skipped where it is absent)."""
+    import pytest
+
+    if not SCHEMA.exists():
+        pytest.skip(f"{SCHEMA} not present (it ships beside the repository)")
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
+         str(bundle / "configs" / "metadata.json"), "--filepath", str(SCHEMA),
+         "--hash_val", SCHEMA_MD5],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
