@@ -138,12 +138,13 @@ class TumourAwareCLI:
         """Run what exists of the paper's pipeline on the embedded phantom data.
 
         Today: generate the demo phantom world with previews and deep-validate its manifest.
-        Synthesis, segmentation and the Table-1 report join as their bundles land.
+        Both bundles exist and run by hand (see the README); the end-to-end Table-1 study
+        (synthesis -> synthetic MRI -> segmentation -> report) is not wired in yet.
         """
         manifest = "data_manifests/phantoms.json"
         print(
-            "demo: the bundles (synthesis, segmentation, report) are not built yet; this demo "
-            "generates the phantom world and validates it."
+            "demo: generates the phantom world and validates it. The bundles run by hand "
+            "(README: 'Bundle 1', 'Bundle 2'); the end-to-end Table-1 study is not wired in yet."
         )
         self.phantoms(out_dir=out_dir, seed=seed, profile="demo", manifest=manifest, preview=True)
         self.manifest.validate(manifest, deep=True)
