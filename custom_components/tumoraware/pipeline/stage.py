@@ -1,0 +1,206 @@
+"""One pipeline stage: a bundle run with fixed configs and overrides, skipped when unchanged.
+
+A stage is what a user would type, ``python -m monai.bundle run --config_file [...] --id value``
+in a bundle folder, plus what it depends on. Its *content hash* covers everything that decides
+its result: the bytes of its config files, its overrides, the bytes of the input files it
+names (e.g. manifests) and the hashes of the stages it consumes. A finished stage writes
+``stage.json`` (hash, wall time) into its run folder last, atomically; a re-run with the same
+hash and all declared outputs present is skipped, so an interrupted study continues where it
+stopped and a changed config re-runs exactly the stages downstream of the change.
+
+The bundle runs in a subprocess (as users run it, with its own memory); its log goes to
+``<run_dir>/log.txt`` and drives a progress bar from MONAI's ``StatsHandler`` lines
+(``Epoch: e/E, Iter: i/I``), or from evaluator epochs for inference/evaluation runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from tumoraware.atomic import write_json_atomic
+
+__all__ = ["BundleStage", "StageResult", "run_stage"]
+
+_TRAIN_PROGRESS = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+)")
+MARKER = "stage.json"
+
+
+@dataclass(frozen=True)
+class BundleStage:
+    """One bundle run.
+
+    Args:
+        name: unique stage name, e.g. ``"synthesis_train/tumour_aware"`` (also the run folder
+            below the study folder).
+        bundle: the bundle folder (``cwd`` of the run; its configs are relative to it).
+        configs: config files relative to ``bundle``, later ones override earlier ones.
+        overrides: ``--id value`` pairs (values are passed as ``str``; paths should be absolute).
+        inputs: files whose bytes the result depends on (manifests, weights of earlier stages
+            are covered by ``after`` instead).
+        after: names of the stages whose results this one consumes.
+        outputs: files (relative to the run folder) a successful run must leave.
+    """
+
+    name: str
+    bundle: Path
+    configs: Sequence[str]
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    inputs: Sequence[Path] = ()
+    after: Sequence[str] = ()
+    outputs: Sequence[str] = ()
+
+    def command(self) -> list[str]:
+        """The ``python -m monai.bundle run`` command line of this stage."""
+        files = "[" + ",".join(f"'{c}'" for c in self.configs) + "]"
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files]
+        for key, value in self.overrides.items():
+            cmd += [f"--{key}", str(value)]
+        return cmd
+
+    def content_hash(self, upstream: Mapping[str, str]) -> str:
+        """sha256 of configs, overrides, input files and the hashes of ``after`` stages."""
+        h = hashlib.sha256()
+        for config in self.configs:
+            path = Path(self.bundle) / config
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"stage {self.name}: config {path} does not exist. Fix: check the bundle "
+                    "folder and the config names of the stage."
+                )
+            h.update(config.encode() + b"\0" + path.read_bytes() + b"\0")
+        h.update(
+            json.dumps({k: str(v) for k, v in self.overrides.items()}, sort_keys=True).encode()
+        )
+        for item in self.inputs:
+            path = Path(item)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"stage {self.name}: input {path} does not exist. Fix: run the stage that "
+                    "writes it first, or correct the path."
+                )
+            h.update(str(path).encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        for name in self.after:
+            if name not in upstream:
+                raise KeyError(
+                    f"stage {self.name}: needs stage {name!r} first, which has not run. Fix: "
+                    "order the stages so that each comes after the ones it consumes."
+                )
+            h.update(name.encode() + b"\0" + upstream[name].encode())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What :func:`run_stage` did: ``skipped`` (hash unchanged) or ran for ``wall_s`` seconds."""
+
+    name: str
+    content_hash: str
+    skipped: bool
+    wall_s: float
+    run_dir: Path
+
+
+def _done(run_dir: Path, stage: BundleStage, digest: str) -> dict[str, Any] | None:
+    marker = run_dir / MARKER
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("content_hash") != digest:
+        return None
+    if not all((run_dir / out).exists() for out in stage.outputs):
+        return None
+    return record
+
+
+def _advance(bar: tqdm, line: str) -> None:
+    match = _TRAIN_PROGRESS.search(line)
+    if match:
+        epoch, epochs, it, iters = (int(g) for g in match.groups())
+        bar.total = epochs * iters
+        bar.n = (epoch - 1) * iters + it
+        bar.refresh()
+
+
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*")
+
+
+def _failure_summary(log_path: Path, tail_lines: int = 15) -> str:
+    """The exception lines of a failed run's log (MONAI chains the root cause far above the
+    last lines of the traceback) and its last lines."""
+    lines = log_path.read_text(errors="replace").splitlines()
+    errors = list(dict.fromkeys(line for line in lines if _EXCEPTION_LINE.match(line)))[-5:]
+    tail = "\n".join(lines[-tail_lines:])
+    return f"Errors: {' | '.join(errors) or 'none found'}. Log ({log_path}), last lines:\n{tail}"
+
+
+def run_stage(
+    stage: BundleStage,
+    run_dir: Path,
+    upstream: Mapping[str, str],
+    progress: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> StageResult:
+    """Run ``stage`` into ``run_dir`` unless an identical run already finished there.
+
+    Raises:
+        RuntimeError: the bundle run failed; the message has the last lines of its log and
+            the log's path. ``stage.json`` is then not written, so the next call runs it again.
+    """
+    run_dir = Path(run_dir)
+    digest = stage.content_hash(upstream)
+    record = _done(run_dir, stage, digest)
+    if record is not None:
+        return StageResult(stage.name, digest, True, float(record.get("wall_s", 0.0)), run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / MARKER).unlink(missing_ok=True)  # a stale marker must not survive a failed rerun
+    log_path = run_dir / "log.txt"
+    start = time.perf_counter()
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with (
+        open(log_path, "w") as log,
+        tqdm(desc=stage.name, unit="it", disable=not progress, leave=False) as bar,
+    ):
+        proc = subprocess.Popen(
+            stage.command(),
+            cwd=stage.bundle,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            _advance(bar, line)
+        code = proc.wait()
+    wall = time.perf_counter() - start
+    if code != 0:
+        raise RuntimeError(
+            f"stage {stage.name} failed (exit {code}) after {wall:.0f} s. "
+            + _failure_summary(log_path)
+        )
+    missing = [out for out in stage.outputs if not (run_dir / out).exists()]
+    if missing:
+        raise RuntimeError(
+            f"stage {stage.name} finished but did not write {missing} in {run_dir}. Fix: check "
+            f"the stage's output overrides; its log is {log_path}."
+        )
+    write_json_atomic(
+        run_dir / MARKER,
+        {"name": stage.name, "content_hash": digest, "wall_s": round(wall, 3),
+         "command": stage.command()[1:], "finished": time.strftime("%Y-%m-%dT%H:%M:%S")},
+    )  # fmt: skip
+    return StageResult(stage.name, digest, False, wall, run_dir)
