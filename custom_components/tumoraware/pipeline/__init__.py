@@ -1,9 +1,14 @@
 """Run the bundles in order as a study (``tumoraware demo`` / ``reproduce``), resumably.
 
-- :class:`BundleStage`: one ``python -m monai.bundle run`` of one bundle with its configs and
-  overrides, skipped when its content hash is unchanged.
+- :class:`BundleStage`, :func:`run_stage`: one ``python -m monai.bundle run`` of one bundle,
+  skipped when its content hash is unchanged.
+- :func:`study_stages`: the Table-1 study as stages (synthesis x 3, segmentation x 5 methods).
+- :func:`run_study`: runs them all and writes the report (``report.md``, ``report.json``,
+  ``table1.csv``).
 """
 
+from tumoraware.pipeline.run import run_study
 from tumoraware.pipeline.stage import BundleStage, StageResult, run_stage
+from tumoraware.pipeline.study import METHODS, study_stages
 
-__all__ = ["BundleStage", "StageResult", "run_stage"]
+__all__ = ["METHODS", "BundleStage", "StageResult", "run_stage", "run_study", "study_stages"]
