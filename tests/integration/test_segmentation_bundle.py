@@ -30,14 +30,11 @@ def segment(configs: list[str], expect_ok: bool = True, **overrides: object):
     return run_bundle(BUNDLE, configs, expect_ok=expect_ok, **overrides)
 
 
-def test_unet(state: dict) -> UNet:
+def unet_from_state(state: dict) -> UNet:
     net = UNet(2, 1, 2, TEST_PROFILE["unet_channels"], TEST_PROFILE["unet_strides"],
                num_res_units=TEST_PROFILE["unet_res_units"], norm="batch")  # fmt: skip
     net.load_state_dict(state)  # strict: a plain state_dict of exactly this network
     return net
-
-
-test_unet.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +64,9 @@ def test_each_variant_trains_evaluates_and_infers(tmp_path, data, variant):
     if variant == "week_one_only":  # needs no synthetic MRI at all: point at a missing file
         data = {**data, "synthetic_manifest": tmp_path / "missing.json"}
     models = _train(tmp_path, data, variant)
-    test_unet(torch.load(models / "model.pt", map_location="cpu"))  # best-Dice plain state_dict
+    unet_from_state(
+        torch.load(models / "model.pt", map_location="cpu")
+    )  # best-Dice plain state_dict
     full = torch.load(models / "checkpoint_final.pt", map_location="cpu", weights_only=False)
     assert {"network", "optimizer", "trainer"} <= set(full)
     steps = TEST_PROFILE["max_epochs"] * TEST_PROFILE["epoch_length"]

@@ -30,7 +30,8 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.data import MetaTensor, decollate_batch
+from monai.data import decollate_batch
+from monai.metrics import compute_dice
 from monai.transforms import Orientation
 from monai.utils import string_list_all_gather
 
@@ -194,13 +195,10 @@ class CasePanel:
 
 
 def _dice(pred: torch.Tensor, label: torch.Tensor) -> float:
-    """3D Dice ``2|P∩L| / (|P|+|L|)``; NaN for an empty label (as MONAI's ``ignore_empty``)."""
-    p, g = (x.as_tensor() if isinstance(x, MetaTensor) else x for x in (pred, label))
-    p, g = p.bool(), g.bool()
-    n_label = int(g.sum())
-    if n_label == 0:
-        return math.nan
-    return 2.0 * int((p & g).sum()) / (int(p.sum()) + n_label)
+    """3D Dice of two ``(1, H, W, D)`` masks by MONAI's ``compute_dice``; NaN for an empty
+    label (``ignore_empty``)."""
+    p, g = (torch.as_tensor(x).float()[None] for x in (pred, label))
+    return float(compute_dice(p, g, include_background=True, ignore_empty=True)[0, 0])
 
 
 def extract_case_panel(image: Any, pred: Any, label: Any, case: str = "") -> CasePanel:

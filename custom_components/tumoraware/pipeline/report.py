@@ -25,7 +25,7 @@ import numpy as np
 
 from tumoraware import __version__
 from tumoraware.atomic import write_json_atomic, write_text_atomic
-from tumoraware.pipeline.stage import MARKER, StageResult
+from tumoraware.pipeline.stage import StageResult
 from tumoraware.pipeline.study import EVAL_SPLITS, METHODS, SYNTHESIS_MODELS
 
 __all__ = ["build_report", "format_table"]
@@ -89,10 +89,9 @@ def build_report(
             "std": float(np.std(values)),
             "per_seed": values,
         }
-    stages = []
-    for result in results:
-        marker = _read(result.run_dir / MARKER)
-        stages.append({"name": result.name, "wall_s": marker["wall_s"], "skipped": result.skipped})
+    stages = [  # a skipped stage's wall time is the one its earlier run recorded
+        {"name": r.name, "wall_s": round(r.wall_s, 3), "skipped": r.skipped} for r in results
+    ]
     report = {
         "profile": profile or "paper",
         "seeds": list(seeds),
