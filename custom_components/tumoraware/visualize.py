@@ -101,6 +101,7 @@ def save_contour_grid(
     column_titles: Sequence[str] | None = None,
     row_titles: Sequence[str] | None = None,
     *,
+    panel_text: Sequence[Sequence[str]] | None = None,
     panel_inches: float = 2.5,
     dpi: int = 100,
 ) -> Path:
@@ -121,6 +122,8 @@ def save_contour_grid(
             name in ``masks``. The names and colours form the legend under the grid.
         column_titles: K titles above the columns, or None.
         row_titles: N titles left of the rows, or None.
+        panel_text: N rows of K notes written in the top-left corner of each panel (e.g. a
+            Dice, or "not run" on an empty panel); ``""`` for none. Default None (no notes).
         panel_inches: edge of one square panel in inches. Default 2.5.
         dpi: pixels per inch. Default 100 (a 250-pixel panel).
 
@@ -164,6 +167,9 @@ def save_contour_grid(
         contours[name] = np.broadcast_to(arr > 0.5, grid.shape)
     col_titles = _check_titles(column_titles, k, "column_titles", "column")
     r_titles = _check_titles(row_titles, n, "row_titles", "row")
+    notes = [[""] * k for _ in range(n)] if panel_text is None else panel_text
+    if len(notes) != n or any(isinstance(r, str) or len(r) != k for r in notes):
+        raise ValueError(f"panel_text: expected {n} rows of {k} notes, one per panel")
 
     legend_inches = 0.4 if contours else 0.0
     fig = Figure(figsize=(k * panel_inches, n * panel_inches + legend_inches), layout="constrained")
@@ -182,6 +188,10 @@ def save_contour_grid(
                         # earlier masks thicker: a coincident later contour leaves them visible
                         linewidths=1.2 + 0.8 * (len(contours) - 1 - order),
                     )
+            if notes[i][j]:
+                ax.text(0.03, 0.97, str(notes[i][j]), transform=ax.transAxes, ha="left",
+                        va="top", color="white", fontsize=8,
+                        bbox={"facecolor": "black", "alpha": 0.6, "edgecolor": "none"})  # fmt: skip
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():

@@ -25,6 +25,7 @@ from tumoraware.engines.segmentation_report import (
     case_name,
     extract_case_panel,
     largest_area_slice,
+    load_case_panel,
 )
 
 SHAPE = (20, 16, 12)  # (x: toward patient left, y: toward posterior, z: superior)
@@ -162,6 +163,26 @@ def test_panel_pngs_and_titles(evaluated):
     assert "no expert tumour" in empty.title and empty.slice_source == "prediction"
     assert empty.slice_index == 6  # the predicted box covers slices 6 and 7
     assert all(p.image.ndim == 2 for p in panels.panels)  # only 2D slices are kept
+
+
+def test_panel_arrays_use_the_expert_slice(evaluated):
+    """panels/<case>.npz: the PNG's slice when the expert has a tumour; without one, the
+    middle slice (never the prediction's), so every method's file shows the same slice."""
+    out, _, panels, _ = evaluated
+    by_name = {p.case: p for p in panels.panels}
+    for name in NAMES:
+        saved = load_case_panel(out / "panels" / f"{name}.npz")
+        assert saved.case == name and saved.image.dtype == np.float32
+        shown = by_name[name]
+        if shown.slice_source == "expert":
+            assert saved.slice_index == shown.slice_index and saved.slice_source == "expert"
+            np.testing.assert_array_equal(saved.image, shown.image)
+            np.testing.assert_array_equal(saved.expert, shown.expert)
+            np.testing.assert_array_equal(saved.prediction, shown.prediction)
+            assert saved.dice == pytest.approx(shown.dice)
+    empty = load_case_panel(out / "panels" / "mri_c_image.npz")
+    assert (empty.slice_source, empty.slice_index) == ("none", SHAPE[2] // 2)
+    assert not empty.expert.any() and math.isnan(empty.dice)
 
 
 def test_summary_matches_known_dice(evaluated):

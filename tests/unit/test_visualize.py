@@ -110,3 +110,16 @@ def test_input_errors_say_expected_and_given(tmp_path):
     with pytest.raises(ValueError, match=r"images: expected shape \(N, K, H, W\).*got \(32, 32\)"):
         save_contour_grid(tmp_path / "a.png", np.zeros((32, 32)), {}, {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_panel_text_is_drawn_and_checked(tmp_path):
+    images = np.full((1, 2, 16, 16), -1.0, dtype=np.float32)
+    plain = save_contour_grid(tmp_path / "plain.png", images, {}, {})
+    noted = save_contour_grid(tmp_path / "noted.png", images, {}, {}, panel_text=[["not run", ""]])
+    a, b = imread(plain)[..., :3], imread(noted)[..., :3]
+    assert a.shape == b.shape
+    half = a.shape[1] // 2
+    assert (b[:, :half] > 0.9).all(-1).sum() > 20  # white letters on the first panel
+    np.testing.assert_array_equal(a[:, half:], b[:, half:])  # the second panel unchanged
+    with pytest.raises(ValueError, match="panel_text"):
+        save_contour_grid(tmp_path / "bad.png", images, {}, {}, panel_text=[["one"]])

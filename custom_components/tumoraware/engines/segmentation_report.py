@@ -6,7 +6,9 @@ per case, MetaTensors in the case's original file geometry: ``image`` ``(1, H, W
 
 - :class:`SegmentationPanelWriter`: per case, the axial slice with the largest expert tumour,
   shown radiologically with the expert contour in red and the prediction in yellow
-  (``panels/<case>.png``), and at the end one grid of up to ``max_rows`` cases (Fig. 4).
+  (``panels/<case>.png``), the arrays of that slice (``panels/<case>.npz``, chosen from the
+  expert label alone, so every method's file shows the same slice and the study's Fig. 4 can
+  put the methods side by side), and at the end one grid of up to ``max_rows`` cases (Fig. 4).
 - :class:`SegmentationSummaryWriter`: per-case metric values (from MONAI metric handlers with
   ``save_details=True``) with mean ± std, median, range and NaN count (``summary.json``), and a
   Table 1 style markdown row (``summary.md``).
@@ -35,7 +37,7 @@ from monai.metrics import compute_dice
 from monai.transforms import Orientation
 from monai.utils import string_list_all_gather
 
-from tumoraware.atomic import write_json_atomic, write_text_atomic
+from tumoraware.atomic import atomic_path, write_json_atomic, write_text_atomic
 from tumoraware.visualize import save_contour_grid
 
 __all__ = [
@@ -45,7 +47,9 @@ __all__ = [
     "case_name",
     "extract_case_panel",
     "largest_area_slice",
+    "load_case_panel",
     "reorient_pls",
+    "save_case_panel",
 ]
 
 logger = logging.getLogger(__name__)
@@ -201,7 +205,9 @@ def _dice(pred: torch.Tensor, label: torch.Tensor) -> float:
     return float(compute_dice(p, g, include_background=True, ignore_empty=True)[0, 0])
 
 
-def extract_case_panel(image: Any, pred: Any, label: Any, case: str = "") -> CasePanel:
+def extract_case_panel(
+    image: Any, pred: Any, label: Any, case: str = "", *, use_prediction: bool = True
+) -> CasePanel:
     """Reorient one case to PLS and keep the axial slice with the largest expert tumour.
 
     Args:
@@ -209,6 +215,9 @@ def extract_case_panel(image: Any, pred: Any, label: Any, case: str = "") -> Cas
         pred: prediction ``(2, H, W, D)`` one-hot (or ``(1, H, W, D)`` binary).
         label: expert label, same layout as ``pred``.
         case: the case name for the title.
+        use_prediction: when the expert mask is empty, take the slice with the largest
+            predicted tumour (True, the default) or the middle slice (False: the slice then
+            depends on the label only, the same for every method evaluated on the case).
 
     Returns:
         A :class:`CasePanel` holding only 2D ``(P, L)`` arrays.
@@ -239,7 +248,7 @@ def extract_case_panel(image: Any, pred: Any, label: Any, case: str = "") -> Cas
             "image file's geometry."
         )
     label_pls, pred_pls = volumes["label"][0], volumes["pred"][0]
-    k, source = largest_area_slice(label_pls, pred_pls)
+    k, source = largest_area_slice(label_pls, pred_pls if use_prediction else None)
     return CasePanel(
         case=case,
         image=np.asarray(volumes["image"][0, :, :, k].as_tensor(), dtype=np.float32),
@@ -250,6 +259,43 @@ def extract_case_panel(image: Any, pred: Any, label: Any, case: str = "") -> Cas
         slice_source=source,
         dice=_dice(pred_mask, label_mask),
     )
+
+
+_PANEL_FIELDS = ("image", "expert", "prediction", "slice_index", "n_slices", "slice_source", "dice")
+
+
+def save_case_panel(path: str | os.PathLike, panel: CasePanel) -> Path:
+    """Save one case's slice arrays (``image``, ``expert``, ``prediction`` ``(P, L)``, the slice
+    index and source, the 3D Dice) as a compressed ``.npz``, atomically; returns ``Path(path)``.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"path: expected a .npz file, got {str(path)!r}")
+    fields = {name: np.asarray(getattr(panel, name)) for name in _PANEL_FIELDS}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, case=np.asarray(panel.case), **fields)
+    return path
+
+
+def load_case_panel(path: str | os.PathLike) -> CasePanel:
+    """The :class:`CasePanel` that :func:`save_case_panel` wrote to ``path``."""
+    with np.load(Path(path), allow_pickle=False) as data:
+        missing = [k for k in ("case", *_PANEL_FIELDS) if k not in data.files]
+        if missing:
+            raise ValueError(
+                f"{path}: expected the arrays of a case panel, missing {missing}. Fix: "
+                "re-run the evaluation that wrote it."
+            )
+        return CasePanel(
+            case=str(data["case"]),
+            image=np.asarray(data["image"], dtype=np.float32),
+            expert=np.asarray(data["expert"], dtype=bool),
+            prediction=np.asarray(data["prediction"], dtype=bool),
+            slice_index=int(data["slice_index"]),
+            n_slices=int(data["n_slices"]),
+            slice_source=str(data["slice_source"]),
+            dice=float(data["dice"]),
+        )
 
 
 def _pad(arr: np.ndarray, shape: tuple[int, int], value: float) -> np.ndarray:
@@ -292,7 +338,10 @@ def _evenly(items: Sequence[Any], n: int) -> list[Any]:
 class SegmentationPanelWriter:
     """Fig. 4: per case the largest-tumour axial slice, expert red, prediction yellow.
 
-    Each iteration writes ``output_dir/panels/<case>.png`` and keeps only the 2D slices; at
+    Each iteration writes ``output_dir/panels/<case>.png`` and ``<case>.npz`` (the slice's
+    arrays, :func:`save_case_panel`) and keeps only the 2D slices. The ``.npz`` slice depends on
+    the expert label alone (the middle slice when it is empty, never the prediction), so the
+    files of different methods on one case show the same slice; at
     ``COMPLETED`` ``output_dir/<filename>`` gets up to ``max_rows`` cases chosen evenly over
     the cases sorted by name (a stable picture), one row each: MRI | MRI + contours.
 
@@ -302,6 +351,7 @@ class SegmentationPanelWriter:
             and the one-hot expert label ``(2, H, W, D)`` in each case of the evaluator output.
         max_rows: cases in the grid.
         filename: grid file name (``.png``).
+        save_arrays: also write ``panels/<case>.npz``. Default True.
     """
 
     def __init__(
@@ -312,6 +362,7 @@ class SegmentationPanelWriter:
         label_key: str = "label",
         max_rows: int = 8,
         filename: str = "fig4_panels.png",
+        save_arrays: bool = True,
     ) -> None:
         if int(max_rows) < 1:
             raise ValueError(f"max_rows: expected at least 1 case in the grid, got {max_rows}")
@@ -321,6 +372,7 @@ class SegmentationPanelWriter:
         self.image_key, self.pred_key, self.label_key = image_key, pred_key, label_key
         self.max_rows = int(max_rows)
         self.filename = str(filename)
+        self.save_arrays = bool(save_arrays)
         self.panels: list[CasePanel] = []
         self._namer = _CaseNamer()
 
@@ -336,13 +388,20 @@ class SegmentationPanelWriter:
     def iteration_completed(self, engine: Engine) -> None:
         name = type(self).__name__
         for case in _cases(engine.state.output):
-            panel = extract_case_panel(
+            volumes = (
                 _item(case, self.image_key, name),
                 _item(case, self.pred_key, name),
                 _item(case, self.label_key, name),
-                self._namer(_source(case, (self.pred_key, self.image_key))),
+            )
+            panel = extract_case_panel(
+                *volumes, self._namer(_source(case, (self.pred_key, self.image_key)))
             )
             save_panel_grid(self.output_dir / "panels" / f"{panel.case}.png", [panel])
+            if self.save_arrays:
+                same = panel  # the expert slice, or no expert tumour: the middle slice
+                if panel.slice_source == "prediction":
+                    same = extract_case_panel(*volumes, panel.case, use_prediction=False)
+                save_case_panel(self.output_dir / "panels" / f"{panel.case}.npz", same)
             self.panels.append(panel)
 
     def completed(self, engine: Engine) -> Path | None:
