@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tumoraware.pipeline.report import build_report, format_table
-from tumoraware.pipeline.stage import StageResult, run_stage
+from tumoraware.pipeline.stage import MARKER, StageResult, run_stage
 from tumoraware.pipeline.study import seeds_stages
 
 __all__ = ["default_bundles_dir", "run_study"]
@@ -26,6 +27,21 @@ def default_bundles_dir() -> Path:
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _kind(name: str) -> str:
+    """``seed0/segmentation/cyclegan/eval_mri_test`` -> ``segmentation/eval_mri_test``."""
+    parts = name.split("/")
+    return f"{parts[1]}/{parts[-1]}" if len(parts) > 2 else name
+
+
+def _expected_wall(run_dir: Path, same_kind_s: float | None) -> float | None:
+    """A stage's likely wall time: its own last run (even with another hash), else the last
+    stage of its kind in this study; None when neither is known."""
+    try:
+        return float(json.loads((run_dir / MARKER).read_text())["wall_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return same_kind_s
 
 
 def run_study(
@@ -44,9 +60,13 @@ def run_study(
     stages = seeds_stages(bundles, out, Path(ct_manifest), Path(mri_manifest), seeds, profile)
     hashes: dict[str, str] = {}
     results: list[StageResult] = []
+    walls: dict[str, float] = {}
     with tqdm(total=len(stages), desc="study", unit="stage", disable=not progress) as bar:
         for stage in stages:
-            result = run_stage(stage, out / stage.name, hashes, progress=progress)
+            expected = _expected_wall(out / stage.name, walls.get(_kind(stage.name)))
+            result = run_stage(stage, out / stage.name, hashes, progress, expected_s=expected)
+            if not result.skipped:
+                walls[_kind(stage.name)] = result.wall_s
             hashes[stage.name] = result.content_hash
             results.append(result)
             state = (

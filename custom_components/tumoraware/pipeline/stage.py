@@ -10,7 +10,9 @@ stopped and a changed config re-runs exactly the stages downstream of the change
 
 The bundle runs in a subprocess (as users run it, with its own memory); its log goes to
 ``<run_dir>/log.txt`` and drives a progress bar from MONAI's ``StatsHandler`` lines
-(``Epoch: e/E, Iter: i/I``), or from evaluator epochs for inference/evaluation runs.
+(``Epoch: e/E, Iter: i/I``). Evaluation and inference runs print no iteration lines, so their
+bar counts seconds against an expected duration (a previous run of the same stage or kind),
+which gives them an ETA too.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -125,9 +128,38 @@ def _done(run_dir: Path, stage: BundleStage, digest: str) -> dict[str, Any] | No
     return record
 
 
-def _advance(bar: tqdm, line: str) -> None:
+class _SecondsTicker:
+    """Advances ``bar`` by wall seconds towards ``expected_s`` until iteration lines take over.
+
+    A daemon thread, since the log reader blocks on the subprocess's output.
+    """
+
+    def __init__(self, bar: tqdm, expected_s: float | None) -> None:
+        self.bar = bar
+        self.stopped = threading.Event()
+        if expected_s:
+            bar.unit, bar.total = "s", max(1, round(expected_s))
+            self.start = time.perf_counter()
+            threading.Thread(target=self._tick, daemon=True).start()
+        else:
+            self.stopped.set()
+
+    def _tick(self) -> None:
+        while not self.stopped.wait(1.0):
+            elapsed = time.perf_counter() - self.start
+            self.bar.n = min(round(elapsed), self.bar.total - 1)
+            self.bar.refresh()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def _advance(bar: tqdm, line: str, ticker: _SecondsTicker) -> None:
     match = _TRAIN_PROGRESS.search(line)
     if match:
+        if not ticker.stopped.is_set():
+            ticker.stop()
+            bar.unit = "it"
         epoch, epochs, it, iters = (int(g) for g in match.groups())
         bar.total = epochs * iters
         bar.n = (epoch - 1) * iters + it
@@ -152,8 +184,12 @@ def run_stage(
     upstream: Mapping[str, str],
     progress: bool = True,
     env: Mapping[str, str] | None = None,
+    expected_s: float | None = None,
 ) -> StageResult:
     """Run ``stage`` into ``run_dir`` unless an identical run already finished there.
+
+    ``expected_s`` (e.g. a previous run's wall time) lets the bar show an ETA before, or
+    without, MONAI's iteration lines.
 
     Raises:
         RuntimeError: the bundle run failed; the message has the last lines of its log and
@@ -182,10 +218,14 @@ def run_stage(
             text=True,
         )
         assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            _advance(bar, line)
-        code = proc.wait()
+        ticker = _SecondsTicker(bar, expected_s if progress else None)
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                _advance(bar, line, ticker)
+            code = proc.wait()
+        finally:
+            ticker.stop()
     wall = time.perf_counter() - start
     if code != 0:
         raise RuntimeError(
