@@ -1,4 +1,4 @@
-"""Tumour-aware CycleGAN training (Zhou et al., MICCAI 2018, §2.1) as a MONAI ``Trainer``.
+"""Tumour-aware CycleGAN training (Jiang et al., MICCAI 2018, §2.1) as a MONAI ``Trainer``.
 
 One iteration is the paper's alternating update (end of §2.1), in the reference CycleGAN's order:
 

@@ -1,4 +1,4 @@
-"""Losses of the tumour-aware CT to MRI synthesis (Zhou et al., MICCAI 2018, eqs. 3-5).
+"""Losses of the tumour-aware CT to MRI synthesis (Jiang et al., MICCAI 2018, eqs. 3-5).
 
 ``L_adv`` and ``L_cyc`` are library losses (``monai.losses.PatchAdversarialLoss`` and
 ``torch.nn.L1Loss``); see :mod:`tumoraware.losses.tumour_aware`.

@@ -1,4 +1,4 @@
-"""The tumour-aware loss of Zhou et al. (MICCAI 2018, §2.1, eqs. 3-5).
+"""The tumour-aware loss of Jiang et al. (MICCAI 2018, §2.1, eqs. 3-5).
 
 - :class:`TumourLoss` (eq. 3): BCE of U_CT on ``x_c`` and of U_MRI on ``G(x_c)``, both against
   the CT label ``y_c``.

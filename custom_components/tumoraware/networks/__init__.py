@@ -1,4 +1,4 @@
-"""Networks of the tumour-aware CT to MRI synthesis (Zhou et al., MICCAI 2018, §2.3).
+"""Networks of the tumour-aware CT to MRI synthesis (Jiang et al., MICCAI 2018, §2.3).
 
 - :class:`ResnetGenerator`: the CycleGAN ResNet generators ``G_CT->MRI`` and ``G_MRI->CT``.
 - :class:`TiedTumourUNets`: the tumour networks U_CT and U_MRI with a tied penultimate block.

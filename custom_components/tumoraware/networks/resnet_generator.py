@@ -1,6 +1,6 @@
 """The CycleGAN ResNet generator G (Johnson et al. 2016; Zhu et al. 2017, the paper's [5]).
 
-Zhou et al. (MICCAI 2018, §2.3): "The generators G ... were implemented similar to that in [5]".
+Jiang et al. (MICCAI 2018, §2.3): "The generators G ... were implemented similar to that in [5]".
 The layers below follow the architecture table of Zhu et al. (appendix 7.2), written in Johnson's
 notation, with ``ngf = 64``, ``n_downsampling = 2`` and ``n_blocks = 9`` for 256 x 256 images::
 

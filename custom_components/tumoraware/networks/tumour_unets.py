@@ -1,6 +1,6 @@
 """The tumour networks U_CT and U_MRI of the tumour-aware loss, with a tied penultimate layer.
 
-Zhou et al. (MICCAI 2018, §2.1): "two parallel tumor detection networks using simplified models of
+Jiang et al. (MICCAI 2018, §2.1): "two parallel tumor detection networks using simplified models of
 the Unet [10] for CT (U_CT) and the synthesized MRI (U_MRI)"; §2.3: "We tied the penultimate layer
 in U_MRI and U_CT". The supplementary table with their exact sizes is not public, so the simplified
 U-Net here is a plain 2D U-Net with few filters. With ``channels=(16, 32, 64, 128)`` (module

@@ -1,6 +1,6 @@
 """The paper's tumour-region crop: a physically square box around the tumour, resized in-plane.
 
-Zhou et al. (MICCAI 2018, §3.2): "Image regions enclosing the tumors were extracted and rescaled
+Jiang et al. (MICCAI 2018, §3.2): "Image regions enclosing the tumors were extracted and rescaled
 to 256 x 256". :class:`TumourRegionCropd` does that with MONAI's traceable array transforms, so
 the output's affine stays right and the crop can be inverted.
 """
