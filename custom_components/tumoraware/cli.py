@@ -177,6 +177,9 @@ class TumourAwareCLI:
         data_dir: str = "data/phantoms",
         seeds: int | str | tuple[int, ...] = 0,
         world_seed: int = 0,
+        profile: str = "demo",
+        world: str = "demo",
+        manifest: str = "data_manifests/phantoms.json",
     ) -> None:
         """The paper end to end on the embedded phantom world (2-core CPU, ``demo`` profile).
 
@@ -190,12 +193,14 @@ class TumourAwareCLI:
             data_dir: where the phantom volumes live (or are generated).
             seeds: study seed(s), e.g. ``0,1,2`` to report mean ± std across seeds.
             world_seed: seed of the phantom world itself.
+            profile: bundle profile of the study (``demo``; ``test`` runs in ~3 min).
+            world: phantom world size (``demo``; ``tiny`` for tests).
+            manifest: where the phantom world's datalist is (or is written).
         """
-        manifest = "data_manifests/phantoms.json"
-        self.phantoms(out_dir=data_dir, seed=world_seed, profile="demo", manifest=manifest,
+        self.phantoms(out_dir=data_dir, seed=world_seed, profile=world, manifest=manifest,
                       preview=True)  # fmt: skip
         self.manifest.validate(manifest, deep=True)
-        self.reproduce(manifest, manifest, profile="demo", seeds=seeds, out_dir=out_dir)
+        self.reproduce(manifest, manifest, profile=profile, seeds=seeds, out_dir=out_dir)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -1,9 +1,10 @@
-"""The Table-1 study end to end: `tumoraware reproduce --profile test` on the tiny world.
+"""`tumoraware demo` end to end with the tiny test profile on a tiny phantom world.
 
-Runs both bundles for every method (3 synthesis models, 5 segmentation methods, 2 evaluation
-splits: 24 stages, about 3.5 min on 2 cores), then checks the report; a second run must skip
-every stage by content hash, and a run whose last stage was lost (its marker removed, as when
-the process is killed before finishing it) must re-run that stage only.
+The demo generates the world, then runs both bundles for every Table-1 method (3 synthesis
+models, 5 segmentation methods, 2 evaluation splits: 24 stages, about 3 min on 2 cores). The
+first run is killed (SIGKILL to its whole process group, as a power cut would) once a few
+stages have finished; the second run must skip those by content hash and finish the rest; a
+third run must skip everything. Then the report's artefacts and numbers are checked.
 """
 
 from __future__ import annotations
@@ -11,41 +12,72 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tumoraware.pipeline import METHODS
+from tumoraware.pipeline.study import EVAL_SPLITS, METHODS
 
 pytestmark = pytest.mark.slow
 N_STAGES = 3 * 3 + len(METHODS) * 3
+FIRST_STAGES = ["cyclegan/train", "cyclegan/evaluate"]
 
 
-def reproduce(manifest: Path, out_dir: Path) -> str:
-    args = [sys.executable, "-m", "tumoraware", "reproduce", "--profile", "test",
-            "--ct_manifest", str(manifest), "--mri_manifest", str(manifest),
-            "--out_dir", str(out_dir)]  # fmt: skip
-    result = subprocess.run(args, capture_output=True, text=True, timeout=1200)
+def demo_args(root: Path) -> list[str]:
+    return [sys.executable, "-m", "tumoraware", "demo", "--profile", "test", "--world", "tiny",
+            "--data_dir", str(root / "data"), "--manifest", str(root / "phantoms.json"),
+            "--out_dir", str(root / "study")]  # fmt: skip
+
+
+def demo(root: Path) -> str:
+    result = subprocess.run(demo_args(root), capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
 
+def killed_demo(root: Path, timeout_s: float = 600.0) -> None:
+    """Start the demo and SIGKILL its process group once FIRST_STAGES have finished."""
+    markers = [root / f"study/seed0/synthesis/{s}/stage.json" for s in FIRST_STAGES]
+    proc = subprocess.Popen(demo_args(root), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not all(m.exists() for m in markers):
+            assert proc.poll() is None, f"demo exited early with {proc.returncode}"
+            assert time.monotonic() < deadline, "demo did not reach the kill point in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
-def study(tiny_world, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("study")
-    log = reproduce(tiny_world[1], out)
-    return {"out": out, "log": log, "manifest": tiny_world[1]}
+def study(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("demo")
+    killed_demo(root)
+    resumed = demo(root)
+    return {"root": root, "out": root / "study", "log": resumed}
+
+
+def test_a_killed_demo_resumes_where_it_stopped(study):
+    log = study["log"]
+    for name in FIRST_STAGES:
+        assert f"seed0/synthesis/{name}: unchanged, skipped" in log
+    skipped, done = log.count("unchanged, skipped"), log.count(": done in ")
+    assert skipped >= len(FIRST_STAGES) and skipped + done == N_STAGES
 
 
 def test_every_artefact_exists_and_every_number_is_in_range(study):
     out, log = study["out"], study["log"]
-    assert log.count(": done in ") == N_STAGES
     report = json.loads((out / "report.json").read_text())
     assert [row["method"] for row in report["rows"]] == [m.key for m in METHODS]
     for row in report["rows"]:
-        for split in ("mri_validation", "mri_test"):
+        for split in EVAL_SPLITS:
             dice = row[f"{split}/val_mean_dice"]
             assert 0.0 <= dice["mean"] <= 1.0 and dice["std"] >= 0.0
             hd = row[f"{split}/val_hd95"]
@@ -53,22 +85,17 @@ def test_every_artefact_exists_and_every_number_is_in_range(study):
     assert set(report["tumour_kl"]) == {"tumour_aware", "cyclegan", "masked_cyclegan"}
     assert all(math.isfinite(v["mean"]) and v["mean"] >= 0 for v in report["tumour_kl"].values())
     assert len(report["stages"]) == N_STAGES and all(s["wall_s"] > 0 for s in report["stages"])
+    assert report["claims"] and all(isinstance(c["holds"], bool) for c in report["claims"])
+    for key, figure in report["figures"].items():
+        assert figure["status"] == "written", (key, figure)
+        assert (out / figure["file"]).stat().st_size > 10_000, key
     with open(out / "table1.csv") as f:
         assert len(list(csv.reader(f))) == 1 + len(METHODS)
     markdown = (out / "report.md").read_text()
     assert all(m.title in markdown for m in METHODS) and "| Method |" in log
-    for method in METHODS:
-        assert (out / f"seed0/segmentation/{method.key}/eval_mri_test/fig4_panels.png").exists()
+    assert all(figure["file"] in markdown for figure in report["figures"].values())
 
 
 def test_a_second_run_skips_everything(study):
-    log = reproduce(study["manifest"], study["out"])
+    log = demo(study["root"])
     assert log.count("unchanged, skipped") == N_STAGES and ": done in " not in log
-
-
-def test_a_lost_stage_runs_again_alone(study):
-    last = study["out"] / "seed0/segmentation/tumour_aware_semi_supervised/eval_mri_test"
-    (last / "stage.json").unlink()
-    log = reproduce(study["manifest"], study["out"])
-    assert log.count("unchanged, skipped") == N_STAGES - 1
-    assert "tumour_aware_semi_supervised/eval_mri_test: done in" in log
