@@ -96,7 +96,7 @@ def stage_overrides(weights: str | Path) -> list[str] | None:
 
 
 def load_study(report: str | Path | None) -> Study | None:
-    if report is None or not Path(report).is_file():
+    if not report or not Path(report).is_file():
         return None
     return Study(Path(report).resolve(), str(report), json.loads(Path(report).read_text()))
 
@@ -168,10 +168,13 @@ def _performance(
     study: Study | None, provenance: Provenance | None, kind: str, report_path: str | Path | None
 ) -> list[str]:
     if study is None:
+        where = f"the demo report `{report_path}` was not found" if report_path else (
+            "no demo report was given"
+        )  # fmt: skip
         return [
-            f"No measured performance: the demo report `{report_path}` was not found when this "
-            "bundle was exported, so no numbers are given here. Run `make demo` (it writes "
-            "`runs/demo/report.json`) and export again.",
+            f"No measured performance: {where} when this bundle was exported, so no numbers "
+            "are given here. Run `make demo` (it writes `runs/demo/report.json`) and export "
+            "again.",
             "",
         ]
     report = study.report
