@@ -258,6 +258,20 @@ def exported_metadata(
     return meta
 
 
+def _onnx_names(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """ONNX tensor names from the metadata (``image`` -> ``pred``) with batch and spatial axes
+    left dynamic: a sliding-window inferer feeds batches of ``sw_batch_size`` windows."""
+    fmt = meta["network_data_format"]
+    names = {}
+    for io in ("inputs", "outputs"):
+        key, spec = next(iter(fmt[io].items()))
+        axes = {0: "batch", **{2 + i: f"spatial{i}" for i in range(len(spec["spatial_shape"]))}}
+        names[io] = (key, axes)
+    (inp, in_axes), (out, out_axes) = names["inputs"], names["outputs"]
+    return {"input_names": [inp], "output_names": [out],
+            "dynamic_axes": {inp: in_axes, out: out_axes}}  # fmt: skip
+
+
 def _copy_bundle_files(bundle: Path, stage: Path) -> None:
     """LICENSE, docs (README regenerated later), non-JSON configs (logging.conf), other files."""
     for path in sorted(bundle.rglob("*")):
@@ -391,10 +405,11 @@ def export_bundle(
             _monai_bundle(
                 stage,
                 ["onnx_export", "network_def", "--filepath", "models/model.onnx",
-                 "--ckpt_file", "models/model.pt", *common, "--bundle_root", "."],
+                 "--ckpt_file", "models/model.pt", *common, "--bundle_root", ".",
+                 "--converter_kwargs", repr(_onnx_names(meta))],
                 "python -m monai.bundle onnx_export",
             )  # fmt: skip
-            onnx_status = "written"
+            onnx_status = "written (dynamic batch and spatial axes)"
 
         readme = (bundle / "docs" / "README.md").read_text()
         manifest_ids = [i for i in ("ct_manifest", "mri_manifest")

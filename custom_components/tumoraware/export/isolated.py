@@ -205,8 +205,27 @@ def _checks(bundle: Path, result_file: Path, spec: dict[str, Any]) -> None:
     def onnx_model() -> str:
         import onnx
 
-        onnx.checker.check_model(str(bundle / "models" / "model.onnx"))
-        return "models/model.onnx passes onnx.checker"
+        onnx_file = str(bundle / "models" / "model.onnx")
+        onnx.checker.check_model(onnx_file)
+        try:
+            import onnxruntime
+        except ImportError:
+            return "models/model.onnx passes onnx.checker (onnxruntime absent: not run)"
+        parser = ConfigParser()
+        parser.read_config(infer_file)
+        parser["bundle_root"] = str(bundle)
+        net = parser.get_parsed_content("network_def")
+        net.load_state_dict(torch.load(bundle / "models/model.pt", weights_only=True))
+        net.eval()
+        x = torch.cat([_fake_input(meta)] * 2)  # batch 2: the batch axis must be dynamic
+        session = onnxruntime.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        out = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+        with torch.no_grad():
+            diff = (net(x) - out).abs().max().item()
+        if diff > 1e-3:
+            raise ValueError(f"models/model.onnx and model.pt disagree (max |diff| {diff})")
+        return "models/model.onnx passes onnx.checker; onnxruntime matches model.pt (batch 2)"
 
     check("metadata schema", metadata_schema)
     check("verify_net_in_out", net_in_out)
