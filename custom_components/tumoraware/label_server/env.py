@@ -47,6 +47,8 @@ TORCH_REQUIREMENTS = ("torch==2.14.1", "torchvision==0.29.1")
 MONAILABEL_REQUIREMENT = f"monailabel=={MONAILABEL_VERSION}"
 # Step 3: what MONAI Label imports (its own requirement list minus the above), ITK's core + IO
 # for its NIfTI writer, and what the exported tumoraware bundles import (their vendored code).
+# MONAI 1.5.2, not 1.6: 1.6's Spacingd calls ``.update`` on every ``image_*`` key of a NIfTI
+# sample, and MONAI Label puts the string ``image_path`` there (AttributeError on /infer).
 DEPENDENCIES = (
     "monai[fire,ignite,nibabel,pillow,psutil,skimage,tensorboard,tqdm]==1.5.2",
     "pydicom>=2.4.4,<3",
