@@ -320,7 +320,8 @@ def export_bundle(
             demo``/``reproduce``), else none. ``""`` forces none.
         key: take the network ``key`` from a nested checkpoint (``g_ct2mri``).
         report: the study ``report.json`` whose numbers go into docs and ``eval_metrics``.
-        onnx: write ``models/model.onnx``; default: when the ``onnx`` package is installed.
+        onnx: write ``models/model.onnx``; default: when ``onnx`` and ``onnxscript`` (which
+            ``torch.onnx.export`` needs since torch 2.9) are installed.
     """
     bundle, weights, out_dir = Path(bundle).resolve(), Path(weights), Path(out_dir)
     name = bundle.name
@@ -399,8 +400,9 @@ def export_bundle(
              "--ckpt_file", "models/model.pt", *common, "--bundle_root", "."],
             "python -m monai.bundle ckpt_export",
         )  # fmt: skip
-        want_onnx = find_spec("onnx") is not None if onnx is None else onnx
-        onnx_status = "skipped: the onnx package is not installed (pip install tumoraware[onnx])"
+        missing = [m for m in ("onnx", "onnxscript") if find_spec(m) is None]
+        want_onnx = not missing if onnx is None else onnx
+        onnx_status = f"skipped: {', '.join(missing)} not installed (pip install tumoraware[onnx])"
         if want_onnx:
             _monai_bundle(
                 stage,
