@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tumoraware.export.archive import read_large_files, sha256_of, write_large_files, write_zip
-from tumoraware.export.export import ExportError, _state_dict, bake_overrides
+from tumoraware.export.export import ExportError, _override_list, _state_dict, bake_overrides
 from tumoraware.export.vendor import (
     SourceTree,
     VendorError,
@@ -202,6 +202,10 @@ def test_docs_take_the_numbers_of_the_stage_that_trained_the_weights(tmp_path):
     assert stage_overrides(weights) == [
         "configs/variants/semi_supervised.json", "configs/profiles/demo.json"
     ]  # fmt: skip
+    # merged by default: the profile (model size), not the variant (which data trains it)
+    assert _override_list(SEGMENTATION, None, weights) == (
+        ["configs/profiles/demo.json"], "the weights' stage.json"
+    )  # fmt: skip
     study = load_study(report_path)
     provenance = find_provenance(weights, study)
     assert provenance is not None and provenance.method == "tumour_aware_semi_supervised"

@@ -52,6 +52,10 @@ __all__ = ["ExportError", "ExportResult", "export_bundle"]
 
 # Provided by MONAI's own requirements (metadata has dedicated *_version fields for them).
 _BASE_PACKAGES = {"torch", "numpy", "monai"}
+# Override files that choose the training *data* (the segmentation's Table-1 variants), not the
+# model: a stage.json lists them, but they are shipped as files, not merged, so train.json keeps
+# its own default sources (e.g. synthetic MRI only when a synthetic manifest exists).
+_DATA_RECIPES = ("configs/variants/",)
 # Folders of a source bundle that hold run outputs, not bundle content.
 _SKIPPED = {"runs", "eval", "models", "scripts", "__pycache__", ".ipynb_checkpoints"}
 
@@ -79,7 +83,10 @@ def _override_list(
     """Override config files to merge (relative to the bundle) and where the list came from."""
     if overrides is None:
         found = stage_overrides(weights)
-        return (found or []), ("the weights' stage.json" if found is not None else "none given")
+        if found is None:
+            return [], "none given"
+        kept = [f for f in found if not f.startswith(_DATA_RECIPES)]
+        return kept, "the weights' stage.json"
     if isinstance(overrides, str):
         items = [] if overrides.strip().lower() in ("", "none") else overrides.split(",")
     else:
@@ -317,7 +324,8 @@ def export_bundle(
         overrides: override config files the weights were trained with, relative to the bundle
             (``configs/profiles/demo.json``), comma-separated or a list; merged into the exported
             configs. Default: those in the weights' ``stage.json`` (written by ``tumoraware
-            demo``/``reproduce``), else none. ``""`` forces none.
+            demo``/``reproduce``) except data recipes (``configs/variants/``), else none.
+            ``""`` forces none.
         key: take the network ``key`` from a nested checkpoint (``g_ct2mri``).
         report: the study ``report.json`` whose numbers go into docs and ``eval_metrics``.
         onnx: write ``models/model.onnx``; default: when ``onnx`` and ``onnxscript`` (which
