@@ -57,7 +57,7 @@ _BASE_PACKAGES = {"torch", "numpy", "monai"}
 # its own default sources (e.g. synthetic MRI only when a synthetic manifest exists).
 _DATA_RECIPES = ("configs/variants/",)
 # Folders of a source bundle that hold run outputs, not bundle content.
-_SKIPPED = {"runs", "eval", "models", "scripts", "__pycache__", ".ipynb_checkpoints"}
+_SKIPPED = {"runs", "eval", "models", "__pycache__", ".ipynb_checkpoints"}
 
 
 class ExportError(ValueError):
@@ -217,6 +217,33 @@ def _check_fits(state: Mapping, network: Any, weights: Path, hint: str) -> None:
         )
 
 
+def _check_io(network: Any, meta: Mapping[str, Any]) -> None:
+    """One forward pass of ``network`` on a random input shaped as ``metadata.json`` says
+    (``(1, num_channels, *spatial_shape)``), so a config/metadata mismatch stops the export here
+    with a clear message rather than in ``verify_net_in_out`` later."""
+    import torch
+
+    fmt = meta["network_data_format"]
+    (in_key, spec), (out_key, out_spec) = (
+        next(iter(fmt[io].items())) for io in ("inputs", "outputs")
+    )
+    shape = (1, int(spec["num_channels"]), *(int(s) for s in spec["spatial_shape"]))
+    network.eval()
+    try:
+        with torch.no_grad():
+            out = network(torch.rand(*shape))
+    except (RuntimeError, ValueError) as error:
+        raise ExportError(
+            f"network_def of configs/inference.json does not take the input metadata.json "
+            f"describes ({in_key}: {shape}): {error}"
+        ) from error
+    if out.shape[1] != int(out_spec["num_channels"]):
+        raise ExportError(
+            f"network_def gives {out.shape[1]} output channel(s), metadata.json says "
+            f"{out_spec['num_channels']} ({out_key})"
+        )
+
+
 def _network_def(config: Mapping[str, Any], bundle: Path) -> Any:
     from monai.bundle import ConfigParser
 
@@ -363,7 +390,10 @@ def export_bundle(
         + (f"; merged now: {', '.join(override_files)}" if override_files else "")
         + "."
     )
-    _check_fits(state, _network_def(baked_configs["inference.json"], bundle), weights, hint)
+    network = _network_def(baked_configs["inference.json"], bundle)
+    _check_fits(state, network, weights, hint)
+    source_meta = json.loads((configs_dir / "metadata.json").read_text())
+    _check_io(network, exported_metadata(source_meta, {}, baked, {}))
 
     try:
         rewritten, plan = vendor_configs(baked_configs)
@@ -387,7 +417,6 @@ def export_bundle(
             _write_json(stage / "configs" / rel, content)
         vendored = write_vendored(plan, stage / "scripts", __version__)
         imports = third_party_imports(p for p in vendored if p.suffix == ".py")
-        source_meta = json.loads((configs_dir / "metadata.json").read_text())
         meta = exported_metadata(
             source_meta, _package_versions(sorted(imports)), baked,
             eval_metrics(study, provenance) if provenance and provenance.kind == kind else {},
