@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ast
 import io
-import json
 import sys
 import tokenize
 from collections.abc import Iterable, Iterator, Mapping
@@ -192,6 +191,7 @@ def _relative_module(current: str, current_is_package: bool, target: str) -> str
 
 
 def _vendored(module: str) -> str:
+    """``tumoraware.x`` -> ``scripts.tumoraware.x`` (see :data:`VENDOR_PACKAGE`)."""
     return f"scripts.{module}"
 
 
@@ -530,7 +530,3 @@ def distributions_of(import_names: Iterable[str]) -> dict[str, str | None]:
     """Import name -> installed distribution name (``ignite`` -> ``pytorch-ignite``), or None."""
     mapping = importlib_metadata.packages_distributions()
     return {name: (mapping.get(name) or [None])[0] for name in import_names}
-
-
-def load_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
