@@ -361,9 +361,10 @@ def export_bundle(
     bundle, weights, out_dir = Path(bundle).resolve(), Path(weights), Path(out_dir)
     name = bundle.name
     configs_dir = bundle / "configs"
-    for required in ("metadata.json", "inference.json", "train.json"):
-        if not (configs_dir / required).is_file():
-            raise ExportError(f"{bundle} is not a bundle: configs/{required} is missing")
+    for required in ("configs/metadata.json", "configs/inference.json", "configs/train.json",
+                     "docs/README.md"):  # fmt: skip
+        if not (bundle / required).is_file():
+            raise ExportError(f"{bundle} is not a bundle to export: {required} is missing")
     if not weights.is_file():
         raise ExportError(
             f"weights file {weights} not found: train the bundle first (`make demo` writes "
