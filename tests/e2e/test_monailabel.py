@@ -97,6 +97,7 @@ def test_info_lists_the_bundle_as_a_2d_tumour_segmentation(server):
     assert model["type"] == "segmentation"
     assert "tumor" in model["labels"]
     assert model["dimension"] == 2
+    assert model["config"]["keep_largest_component"] is True  # inference.json displayable_configs
     assert name in info["trainers"]
     assert label_server.url.startswith("http://127.0.0.1:")
 
@@ -118,6 +119,12 @@ def test_infer_gives_the_bundles_own_binary_mask_in_the_volume_geometry(server, 
                datalist=f"['{image}']", output_dir=tmp_path / "bundle")  # fmt: skip
     own = np.asarray(nib.load(tmp_path / "bundle" / f"{image_id}_seg.nii.gz").dataobj)
     assert np.mean(own != values) < 1e-3
+
+    # a request option reaches the bundle: every component, not only the largest
+    every = label_server.infer(name, image_id, tmp_path / "all.nii.gz",
+                               params={"keep_largest_component": False})  # fmt: skip
+    every_values = np.asarray(nib.load(every).dataobj)
+    assert np.all(every_values >= values)  # the largest component is one of them
 
 
 def test_train_runs_one_epoch_on_the_labelled_studies(server):

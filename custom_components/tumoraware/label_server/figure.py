@@ -3,7 +3,9 @@
 ``tumoraware monailabel figure`` exports the demo's segmentation model (``make demo`` writes it
 under ``runs/demo``), starts MONAI Label on a few held-out phantom MRI volumes, runs
 ``/infer`` on each, and draws the slice with the most expert-labelled tumour: expert contour in
-red, the mask MONAI Label returned in yellow, 3D Dice in the corner.
+red, the mask MONAI Label returned in yellow, 3D Dice in the corner. Two columns: the bundle's
+default (only the largest 3D component kept) and the same request with the bundle's
+``displayable_configs`` option ``keep_largest_component`` switched off (every component).
 """
 
 from __future__ import annotations
@@ -76,24 +78,28 @@ def monailabel_demo_figure(
         exported, studies, work / "app", free_port(), cache_dir=cache_dir,
         log_file=work / "server.log",
     )  # fmt: skip
+    columns = {"largest component (default)": True, "all components": False}
     images, experts, predictions, titles, notes = [], [], [], [], []
     with server:
         check_model_listed(server.wait_ready(), name, server)
         for case in cases:
             image_id = Path(case["image"]).name.removesuffix(".nii.gz")
-            mask_file = server.infer(name, image_id, work / "masks" / f"{image_id}.nii.gz")
             volume = np.asarray(nib.load(case["image"]).dataobj, dtype=np.float32)
             expert = np.asarray(nib.load(case["label"]).dataobj) > 0
-            mask = np.asarray(nib.load(mask_file).dataobj) > 0
             z = int(np.argmax(expert.sum(axis=(0, 1))))
+            masks = []
+            for keep in columns.values():
+                out = work / "masks" / f"{image_id}_keep_largest_{keep}.nii.gz"
+                server.infer(name, image_id, out, params={"keep_largest_component": keep})
+                masks.append(np.asarray(nib.load(out).dataobj) > 0)
             images.append(np.rot90(_normalise(volume)[:, :, z])[None])
             experts.append(np.rot90(expert[:, :, z])[None].astype(np.float32))
-            predictions.append(np.rot90(mask[:, :, z])[None].astype(np.float32))
+            predictions.append(np.stack([np.rot90(m[:, :, z]) for m in masks]).astype(np.float32))
             titles.append(f"{image_id.removesuffix('_image')} z={z}")
-            notes.append([f"3D Dice {_dice(expert, mask):.2f}"])
+            notes.append([f"3D Dice {_dice(expert, m):.2f}" for m in masks])
     return save_contour_grid(
-        out_png, np.stack(images),
+        out_png, [np.stack(images)] * len(columns),
         {"expert": np.stack(experts), "MONAI Label /infer": np.stack(predictions)},
         {"expert": "red", "MONAI Label /infer": "yellow"},
-        column_titles=[f"MONAI Label {name}"], row_titles=titles, panel_text=notes,
+        column_titles=list(columns), row_titles=titles, panel_text=notes,
     )  # fmt: skip

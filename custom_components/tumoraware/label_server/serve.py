@@ -68,16 +68,16 @@ def serve(
     server, name = start_label_server(bundle, studies, app, port, host, cache_dir)
     print(f"monailabel: app {app}, bundle {app / 'model' / name}, studies {server.studies}")
     print(f"monailabel: {shlex.join(server.command())}", flush=True)
-    with server:
-        info = server.wait_ready(ready_timeout_s)
-        model = check_model_listed(info, name, server)
-        labels = ", ".join(model.get("labels", {}))
-        print(f"monailabel: ready at {server.url} — model {name} (labels: {labels}; "
-              f"{model.get('dimension')}D). Ctrl-C stops it.", flush=True)  # fmt: skip
-        try:
+    try:
+        with server:  # stopped by its PID however this block ends
+            info = server.wait_ready(ready_timeout_s)
+            model = check_model_listed(info, name, server)
+            labels = ", ".join(model.get("labels", {}))
+            print(f"monailabel: ready at {server.url} — model {name} (labels: {labels}; "
+                  f"{model.get('dimension')}D). Ctrl-C stops it.", flush=True)  # fmt: skip
             assert server.process is not None
             code = server.process.wait()
-        except KeyboardInterrupt:
-            print("\nmonailabel: stopping", flush=True)
-            return
+    except KeyboardInterrupt:
+        print("\nmonailabel: stopped", flush=True)
+        return
     raise LabelServerError(f"MONAI Label exited with code {code}. Log tail:\n{server.log_tail()}")

@@ -79,7 +79,8 @@ class LabelServer:
         log_file: str | os.PathLike | None = None,
         env_vars: dict[str, str] | None = None,
     ) -> None:
-        self.env, self.app_dir, self.studies = env, Path(app_dir), Path(studies)
+        # absolute: the server runs from the app folder
+        self.env, self.app_dir, self.studies = env, Path(app_dir).resolve(), Path(studies).resolve()
         self.models, self.host, self.port = models, host, int(port)
         self.log_file = Path(log_file) if log_file else None
         self.env_vars = dict(env_vars or {})
@@ -196,16 +197,22 @@ class LabelServer:
         query: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
         timeout_s: float = 600.0,
+        form: dict[str, str] | None = None,
     ) -> tuple[bytes, dict[str, str]]:
-        """One HTTP request; returns ``(body bytes, headers)``. JSON ``body`` when given.
+        """One HTTP request; returns ``(body bytes, headers)``. JSON ``body`` or urlencoded
+        ``form`` fields when given.
 
         Raises:
             LabelServerError: an HTTP error status (the message has the server's answer and
                 the end of its log).
         """
         url = self.url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        data, headers = None, {}
+        if body is not None:
+            data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+        elif form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout_s) as response:
@@ -221,9 +228,19 @@ class LabelServer:
         """``GET path`` decoded from JSON."""
         return json.loads(self.request("GET", path, query or None, timeout_s=timeout_s)[0])
 
-    def infer(self, model: str, image_id: str, out_file: str | os.PathLike) -> Path:
-        """``POST /infer/<model>?image=<id>&output=image``: the mask, written to ``out_file``."""
-        content, _ = self.request("POST", f"/infer/{model}", {"image": image_id, "output": "image"})
+    def infer(
+        self,
+        model: str,
+        image_id: str,
+        out_file: str | os.PathLike,
+        params: dict[str, Any] | None = None,
+    ) -> Path:
+        """``POST /infer/<model>?image=<id>&output=image``: the mask, written to ``out_file``.
+
+        ``params`` go in the ``params`` form field (e.g. a bundle's ``displayable_configs``).
+        """
+        content, _ = self.request("POST", f"/infer/{model}", {"image": image_id, "output": "image"},
+                                  form={"params": json.dumps(params or {})})  # fmt: skip
         out = Path(out_file)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(content)
