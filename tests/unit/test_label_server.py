@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,8 @@ def test_the_cache_follows_tumoraware_cache(monkeypatch, tmp_path):
 def test_a_stamped_environment_is_reused_without_installing(tmp_path):
     root = tmp_path / env_key()
     write_json_atomic(root / STAMP_NAME, {"versions": "2.14.1 0.29.1 1.5.2 0.8.5"})
+    (root / "bin").mkdir()
+    (root / "bin" / "python").symlink_to(sys.executable)
     env = ensure_label_env(tmp_path, verbose=False)
     assert env.root == root and env.versions == "2.14.1 0.29.1 1.5.2 0.8.5"
     assert "PYTHONPATH" not in env.run_env() and env.run_env()["PATH"].startswith(str(root))

@@ -226,7 +226,7 @@ def ensure_label_env(
 
     with _locked(cache / f"{key}.lock"):
         stamp = _read_stamp(root)
-        if stamp is not None:
+        if stamp is not None and (root / "bin" / "python").exists():
             return LabelEnv(root, root / "bin" / "python", stamp["versions"])
         if root.exists():
             say(f"{root} has no stamp (an interrupted build): removing it")
