@@ -237,7 +237,7 @@ class ResnetGenerator(nn.Module):
         Returns:
             ``(B, out_channels, H, W)`` in [-1, 1].
         """
-        factor = 2**self.n_downsampling
+        factor = int(2**self.n_downsampling)  # int for TorchScript (int ** int is float there)
         check_2d_input(x, self.in_channels, factor, "2**n_downsampling")
         h, w = x.shape[-2:]
         if self.padding_mode == "reflect" and min(h, w) < 2 * factor:
