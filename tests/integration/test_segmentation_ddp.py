@@ -30,7 +30,7 @@ PROBE = {
     "finalize": [
         "$torch.save({'weights': @network.module.state_dict(),"
         " 'wrapper': type(@network).__name__,"
-        " 'train_indices': list(@train#sampler), 'train_len': len(@train#dataset),"
+        " 'train_indices': list(@train#sampler), 'train_len': len(@train#concat_dataset),"
         " 'val_indices': list(@validate#sampler), 'val_len': len(@validate#dataset)},"
         " @output_dir + '/probe_rank' + str(dist.get_rank()) + '.pt')",
         "$dist.is_initialized() and dist.destroy_process_group()",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["attach_all", "latest_checkpoint", "scalar_losses"]
+__all__ = ["attach_all", "latest_checkpoint", "scalar_losses", "synthetic_if_present"]
 
 _EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
@@ -56,3 +57,30 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, final_name: str = "checkpoint
         return path.stat().st_mtime, int(match.group(1)) if match else -1
 
     return str(max(candidates, key=order))
+
+
+def synthetic_if_present(
+    manifest: str | os.PathLike,
+    split: str,
+    volume_transform: Callable,
+    transform: Callable | None = None,
+) -> list[Any]:
+    """The synthetic-MRI slice dataset of ``manifest``/``split`` as a one-item list, or ``[]``
+    (with a warning) when ``manifest`` does not exist.
+
+    The default sources of the segmentation bundle's ``train.json``: semi-supervised when the
+    synthesis bundle's synthetic MRI is there, the labelled MRI alone where it cannot be (MONAI
+    Label trains the bundle on the labels in its datastore, through ``train#dataset#data``).
+    The Table-1 variants list their sources explicitly and fail on a missing manifest.
+    """
+    from tumoraware.data.manifest import load_split
+    from tumoraware.data.slice_dataset import SliceCacheDataset
+
+    if not Path(manifest).is_file():
+        logging.getLogger(__name__).warning(
+            "no synthetic MRI at %s: training on the labelled MRI only (pass --synthetic_manifest "
+            "or configs/variants/semi_supervised.json to require it)",
+            manifest,
+        )
+        return []
+    return [SliceCacheDataset(load_split(manifest, split), volume_transform, transform)]
