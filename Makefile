@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.tumoraware-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo export test lint format bench clean
 
 # Re-runs only when the dependency files change, so repeated `make test` is quick.
 $(STAMP): setup.cfg pyproject.toml
@@ -20,6 +20,17 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/tumoraware demo
+
+# Model Zoo export of both bundles with the demo's weights (run `make demo` first), then the
+# Model Zoo CI checks on each (a training iteration and an inference without tumoraware).
+DEMO_RUN ?= runs/demo/seed0
+export: install
+	$(VENV)/bin/tumoraware export_zoo --bundle bundles/lung_ct2mri_synthesis --out_dir dist \
+		--weights $(DEMO_RUN)/synthesis/tumour_aware/train/models/model.pt
+	$(VENV)/bin/tumoraware export_zoo --bundle bundles/lung_mri_tumor_segmentation --out_dir dist \
+		--weights $(DEMO_RUN)/segmentation/tumour_aware_semi_supervised/train/models/model.pt
+	$(VENV)/bin/tumoraware verify_zoo dist/lung_ct2mri_synthesis
+	$(VENV)/bin/tumoraware verify_zoo dist/lung_mri_tumor_segmentation
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -4,6 +4,9 @@ tumoraware phantoms --out_dir data/phantoms --seed 0 --profile demo [--preview]
 tumoraware manifest validate data_manifests/phantoms.json [--deep]
 tumoraware demo [--seeds 0,1,2]
 tumoraware reproduce --ct_manifest CT.json --mri_manifest MRI.json --profile paper
+tumoraware monailabel serve --bundle dist/lung_mri_tumor_segmentation --studies DIR
+tumoraware export_zoo --bundle bundles/NAME --weights PATH/model.pt --out_dir dist
+tumoraware verify_zoo dist/NAME [--ct_manifest CT.json --mri_manifest MRI.json]
 """
 
 from __future__ import annotations
@@ -81,12 +84,75 @@ class PrepareCommands:
         print(f"prepare mri: manifest {path}")
 
 
+class MonaiLabelCommands:
+    """Serve an exported segmentation bundle with MONAI Label 0.8.5 (its own environment)."""
+
+    def setup(self, cache_dir: str | None = None) -> None:
+        """Build (once) the MONAI Label environment under ~/.cache/tumoraware (or CACHE_DIR)."""
+        from tumoraware.label_server import ensure_label_env
+
+        try:
+            env = ensure_label_env(cache_dir)
+        except RuntimeError as error:  # the install log's tail is the message
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+        print(f"monailabel: environment {env.root} (torch, torchvision, monai, monailabel: "
+              f"{env.versions})")  # fmt: skip
+
+    def serve(
+        self,
+        bundle: str,
+        studies: str,
+        port: int = 8000,
+        host: str = "127.0.0.1",
+        app_dir: str | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        """Start MONAI Label with BUNDLE (an exported bundle, e.g. dist/NAME) on STUDIES.
+
+        Builds the environment on first use (a few minutes), copies the monaibundle app and
+        the bundle (into APP_DIR/model/NAME), then runs the server on HOST:PORT (127.0.0.1,
+        offline) until Ctrl-C. STUDIES holds NIfTI images; labels go in STUDIES/labels/final.
+        """
+        from tumoraware.label_server import serve
+
+        try:
+            serve(bundle, studies, port=port, host=host, app_dir=app_dir, cache_dir=cache_dir)
+        except RuntimeError as error:  # install or server failures quote their logs
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+
+    def figure(
+        self,
+        weights: str | None = None,
+        out_png: str = "bundles/lung_mri_tumor_segmentation/docs/images/monailabel_demo.png",
+        work_dir: str = "runs/monailabel_demo",
+        cache_dir: str | None = None,
+    ) -> None:
+        """The README figure: the demo's segmentation model exported, served by MONAI Label,
+        its /infer masks (yellow) over the expert tumour (red) of held-out phantom MRI.
+
+        WEIGHTS defaults to the demo's tumour-aware semi-supervised model (make demo).
+        """
+        from tumoraware.label_server.figure import DEMO_WEIGHTS, monailabel_demo_figure
+
+        try:
+            path = monailabel_demo_figure(
+                weights or DEMO_WEIGHTS, out_png=out_png, work_dir=work_dir, cache_dir=cache_dir
+            )
+        except RuntimeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+        print(f"monailabel figure: {path}")
+
+
 class TumourAwareCLI:
     """Tumour-aware CT→MRI domain adaptation for lung tumour segmentation on T2w MRI."""
 
     def __init__(self) -> None:
         self.manifest = ManifestCommands()
         self.prepare = PrepareCommands()
+        self.monailabel = MonaiLabelCommands()
 
     def rtstruct_to_nifti(
         self,
@@ -201,6 +267,65 @@ class TumourAwareCLI:
                       preview=True)  # fmt: skip
         self.manifest.validate(manifest, deep=True)
         self.reproduce(manifest, manifest, profile=profile, seeds=seeds, out_dir=out_dir)
+
+    def export_zoo(
+        self,
+        bundle: str,
+        weights: str,
+        out_dir: str = "dist",
+        overrides: str | Sequence[str] | None = None,
+        key: str | None = None,
+        report: str = "runs/demo/report.json",
+    ) -> None:
+        """Export BUNDLE with WEIGHTS as a self-contained Model Zoo bundle.
+
+        Writes OUT_DIR/NAME/ (the tumoraware code the configs use vendored into scripts/,
+        models/model.pt, model.ts via ckpt_export, model.onnx when onnx is installed, Model Zoo
+        docs with the numbers of REPORT, large_files.yml) and the deterministic OUT_DIR/NAME.zip.
+
+        Args:
+            bundle: the source bundle folder, e.g. bundles/lung_mri_tumor_segmentation.
+            weights: state_dict of the inference network, e.g.
+                runs/demo/seed0/segmentation/tumour_aware_semi_supervised/train/models/model.pt.
+            out_dir: where NAME/ and NAME.zip go (replaced if present).
+            overrides: override configs the weights were trained with (comma-separated, relative
+                to the bundle), merged into the exported configs. Default: those recorded in the
+                weights' stage.json (tumoraware demo / reproduce runs) except the data recipes
+                in configs/variants/; "" for none.
+            key: take network KEY from a nested checkpoint (e.g. g_ct2mri).
+            report: the study report.json whose numbers go into the docs.
+        """
+        from tumoraware.export import export_bundle, main_summary
+
+        result = export_bundle(bundle, weights, out_dir, overrides, key, report)
+        print(main_summary(result))
+
+    def verify_zoo(
+        self,
+        bundle_dir: str,
+        ct_manifest: str | None = None,
+        mri_manifest: str | None = None,
+        synthetic_manifest: str | None = None,
+        schema: str | None = None,
+        runs: bool = True,
+    ) -> None:
+        """Run the Model Zoo CI checks on an exported bundle (exit 1 if any fails).
+
+        Required files, version in changelog, metadata schema (20240725), verify_net_in_out,
+        ckpt_export + torch.jit.load, ConfigWorkflow properties, no tumoraware reference, then
+        (unless --runs False) one training iteration and an inference run, each in a subprocess
+        with only the bundle on PYTHONPATH and tumoraware unimportable. Without manifests a
+        tiny phantom world is generated for the runs.
+        """
+        from tumoraware.export import format_results, verify_bundle
+
+        results = verify_bundle(bundle_dir, ct_manifest, mri_manifest, synthetic_manifest,
+                                schema=schema, runs=runs)  # fmt: skip
+        print(format_results(results))
+        failed = [r.name for r in results if not r.ok]
+        print(f"verify_zoo: {len(results) - len(failed)}/{len(results)} checks passed")
+        if failed:
+            sys.exit(1)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -165,6 +165,15 @@ def _checks(bundle: Path, result_file: Path, spec: dict[str, Any]) -> None:
         )  # fmt: skip
         return "network_def in/out shapes and dtypes match metadata"
 
+    def eager_network() -> torch.nn.Module:
+        """``network_def`` of inference.json with models/model.pt loaded, in eval mode."""
+        parser = ConfigParser()
+        parser.read_config(infer_file)
+        parser["bundle_root"] = str(bundle)
+        net = parser.get_parsed_content("network_def")
+        net.load_state_dict(torch.load(bundle / "models/model.pt", weights_only=True))
+        return net.eval()
+
     def torchscript() -> str:
         exported = tmp / "verify_model.ts"
         ckpt_export(
@@ -173,12 +182,7 @@ def _checks(bundle: Path, result_file: Path, spec: dict[str, Any]) -> None:
         )  # fmt: skip
         torch.jit.load(str(exported))
         shipped = torch.jit.load(str(bundle / "models" / "model.ts"))
-        parser = ConfigParser()
-        parser.read_config(infer_file)
-        parser["bundle_root"] = str(bundle)
-        net = parser.get_parsed_content("network_def")
-        net.load_state_dict(torch.load(bundle / "models/model.pt", weights_only=True))
-        net.eval()
+        net = eager_network()
         x = _fake_input(meta)
         with torch.no_grad():
             eager, scripted = net(x), shipped(x)
@@ -212,12 +216,7 @@ def _checks(bundle: Path, result_file: Path, spec: dict[str, Any]) -> None:
             import onnxruntime
         except ImportError:
             return "models/model.onnx passes onnx.checker (onnxruntime absent: not run)"
-        parser = ConfigParser()
-        parser.read_config(infer_file)
-        parser["bundle_root"] = str(bundle)
-        net = parser.get_parsed_content("network_def")
-        net.load_state_dict(torch.load(bundle / "models/model.pt", weights_only=True))
-        net.eval()
+        net = eager_network()
         x = torch.cat([_fake_input(meta)] * 2)  # batch 2: the batch axis must be dynamic
         session = onnxruntime.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
