@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tumoraware.pipeline.report import build_report, format_table
-from tumoraware.pipeline.stage import MARKER, StageResult, run_stage
+from tumoraware.pipeline.stage import StageResult, run_stage
 from tumoraware.pipeline.study import seeds_stages
 
 __all__ = ["default_bundles_dir", "run_study"]
@@ -35,15 +34,6 @@ def _kind(name: str) -> str:
     return f"{parts[1]}/{parts[-1]}" if len(parts) > 2 else name
 
 
-def _expected_wall(run_dir: Path, same_kind_s: float | None) -> float | None:
-    """A stage's likely wall time: its own last run (even with another hash), else the last
-    stage of its kind in this study; None when neither is known."""
-    try:
-        return float(json.loads((run_dir / MARKER).read_text())["wall_s"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return same_kind_s
-
-
 def run_study(
     out_dir: str | Path,
     ct_manifest: str | Path,
@@ -63,7 +53,7 @@ def run_study(
     walls: dict[str, float] = {}
     with tqdm(total=len(stages), desc="study", unit="stage", disable=not progress) as bar:
         for stage in stages:
-            expected = _expected_wall(out / stage.name, walls.get(_kind(stage.name)))
+            expected = walls.get(_kind(stage.name))
             result = run_stage(stage, out / stage.name, hashes, progress, expected_s=expected)
             if not result.skipped:
                 walls[_kind(stage.name)] = result.wall_s

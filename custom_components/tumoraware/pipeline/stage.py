@@ -17,6 +17,7 @@ which gives them an ETA too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -115,17 +116,22 @@ class StageResult:
     run_dir: Path
 
 
-def _done(run_dir: Path, stage: BundleStage, digest: str) -> dict[str, Any] | None:
-    marker = run_dir / MARKER
+def _previous_record(run_dir: Path) -> dict[str, Any] | None:
+    """The ``stage.json`` of the last finished run in ``run_dir`` (any hash), or None."""
     try:
-        record = json.loads(marker.read_text())
+        record = json.loads((run_dir / MARKER).read_text())
     except (OSError, ValueError):
         return None
-    if record.get("content_hash") != digest:
-        return None
-    if not all((run_dir / out).exists() for out in stage.outputs):
-        return None
-    return record
+    return record if isinstance(record, dict) else None
+
+
+def _is_done(record: dict[str, Any] | None, run_dir: Path, stage: BundleStage, digest: str) -> bool:
+    """Whether ``record`` is a finished run of exactly this stage whose outputs still exist."""
+    return (
+        record is not None
+        and record.get("content_hash") == digest
+        and all((run_dir / out).exists() for out in stage.outputs)
+    )
 
 
 class _SecondsTicker:
@@ -188,8 +194,9 @@ def run_stage(
 ) -> StageResult:
     """Run ``stage`` into ``run_dir`` unless an identical run already finished there.
 
-    ``expected_s`` (e.g. a previous run's wall time) lets the bar show an ETA before, or
-    without, MONAI's iteration lines.
+    The bar shows an ETA before, or without, MONAI's iteration lines: the wall time of the
+    last run in ``run_dir`` (even of another hash), else ``expected_s`` (e.g. the last stage of
+    the same kind).
 
     Raises:
         RuntimeError: the bundle run failed; the message has the last lines of its log and
@@ -197,9 +204,11 @@ def run_stage(
     """
     run_dir = Path(run_dir)
     digest = stage.content_hash(upstream)
-    record = _done(run_dir, stage, digest)
-    if record is not None:
+    record = _previous_record(run_dir)
+    if _is_done(record, run_dir, stage, digest):
         return StageResult(stage.name, digest, True, float(record.get("wall_s", 0.0)), run_dir)
+    with contextlib.suppress(KeyError, TypeError, ValueError):  # no usable wall time: keep ours
+        expected_s = float(record["wall_s"]) if record is not None else expected_s
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / MARKER).unlink(missing_ok=True)  # a stale marker must not survive a failed rerun
     log_path = run_dir / "log.txt"
