@@ -71,6 +71,10 @@ def test_the_app_copy_survives_a_restart_and_is_replaced_when_the_bundle_changes
     (copy / "models" / "model.pt").write_bytes(b"trained in MONAI Label")
     install_bundle(app, exported_like)  # same source: the trained weights stay
     assert (copy / "models" / "model.pt").read_bytes() == b"trained in MONAI Label"
+    (exported_like / "runs").mkdir(exist_ok=True)  # outputs of a run in the export: not copied,
+    (exported_like / "runs" / "log.txt").write_text("inference")  # so not a new bundle
+    install_bundle(app, exported_like)
+    assert (copy / "models" / "model.pt").read_bytes() == b"trained in MONAI Label"
     (exported_like / "models" / "model.pt").write_bytes(b"weights v2")
     install_bundle(app, exported_like)  # a new export replaces the copy
     assert (copy / "models" / "model.pt").read_bytes() == b"weights v2"

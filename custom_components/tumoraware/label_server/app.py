@@ -74,11 +74,20 @@ def check_bundle(bundle: str | os.PathLike) -> str:
     return root.resolve().name
 
 
+# Folders of a bundle that are not copied into the app, so they must not change its fingerprint
+# either (a re-copy replaces weights trained in MONAI Label).
+_NOT_COPIED = ("__pycache__", "runs")
+
+
 def bundle_fingerprint(bundle: str | os.PathLike) -> str:
-    """sha256 over the relative paths and contents of every file in ``bundle``."""
+    """sha256 over the relative paths and contents of every file in ``bundle`` that is copied."""
     root = Path(bundle)
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+    copied = (
+        p for p in root.rglob("*")
+        if p.is_file() and not set(p.relative_to(root).parts) & set(_NOT_COPIED)
+    )  # fmt: skip
+    for path in sorted(copied):
         digest.update(str(path.relative_to(root)).encode() + b"\0")
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -133,7 +142,7 @@ def install_bundle(app_dir: str | os.PathLike, bundle: str | os.PathLike) -> Pat
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}.") as tmp:
         staged = Path(tmp) / name
-        shutil.copytree(source, staged, ignore=shutil.ignore_patterns("__pycache__", "runs"))
+        shutil.copytree(source, staged, ignore=shutil.ignore_patterns(*_NOT_COPIED))
         write_json_atomic(staged / SOURCE_MARKER, {"source": str(source),
                                                    "fingerprint": fingerprint})  # fmt: skip
         if target.exists():
