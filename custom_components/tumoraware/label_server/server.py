@@ -150,7 +150,7 @@ class LabelServer:
                 )
             try:
                 return self.get("/info/", timeout_s=5.0)
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            except OSError:  # URLError, refused or reset connections and timeouts are all OSErrors
                 pass
             if time.monotonic() > deadline:
                 raise LabelServerError(
