@@ -259,7 +259,7 @@ class TumourAwareCLI:
             data_dir: where the phantom volumes live (or are generated).
             seeds: study seed(s), e.g. ``0,1,2`` to report mean ± std across seeds.
             world_seed: seed of the phantom world itself.
-            profile: bundle profile of the study (``demo``; ``test`` runs in ~3 min).
+            profile: bundle profile of the study (``demo``; ``test`` runs in ~1.5 min).
             world: phantom world size (``demo``; ``tiny`` for tests).
             manifest: where the phantom world's datalist is (or is written).
         """

@@ -1,7 +1,7 @@
 """`tumoraware demo` end to end with the tiny test profile on a tiny phantom world.
 
 The demo generates the world, then runs both bundles for every Table-1 method (3 synthesis
-models, 5 segmentation methods, 2 evaluation splits: 24 stages, about 3 min on 2 cores). The
+models, 5 segmentation methods, 2 evaluation splits: 24 stages, about 1.5 min on 2 cores). The
 first run is killed (SIGKILL to its whole process group, as a power cut would) once a few
 stages have finished; the second run must skip those by content hash and finish the rest; a
 third run must skip everything. Then the report's artefacts and numbers are checked.

@@ -100,3 +100,23 @@ def test_missing_outputs_are_an_error(bundle, tmp_path):
     with pytest.raises(RuntimeError, match=r"did not write \['never\.txt'\]"):
         run_stage(stage, run_dir, {}, progress=False)
     assert not (run_dir / "stage.json").exists()
+
+
+def test_the_stage_sees_the_callers_environment_now(bundle, tmp_path, monkeypatch):
+    """The forkserver starts once; each stage must still get the environment of its call."""
+    config = {"imports": ["$import os"], "out_dir": "/tmp/unset", "run": [
+        "$open(@out_dir + '/env.txt', 'w').write(os.environ.get('TA_PROBE', '-'))",
+        "$open(@out_dir + '/result.txt', 'w').write('done')"]}  # fmt: skip
+    (bundle / "configs" / "env.json").write_text(json.dumps(config))
+    for value in ("first", "second"):
+        monkeypatch.setenv("TA_PROBE", value)
+        run_dir = tmp_path / value
+        stage = BundleStage(name="e", bundle=bundle, configs=["configs/env.json"],
+                            overrides={"out_dir": run_dir}, outputs=["result.txt"])  # fmt: skip
+        run_stage(stage, run_dir, {}, progress=False)
+        assert (run_dir / "env.txt").read_text() == value
+    run_dir = tmp_path / "explicit"
+    stage = BundleStage(name="e", bundle=bundle, configs=["configs/env.json"],
+                        overrides={"out_dir": run_dir}, outputs=["result.txt"])  # fmt: skip
+    run_stage(stage, run_dir, {}, progress=False, env={"TA_PROBE": "given"})
+    assert (run_dir / "env.txt").read_text() == "given"
