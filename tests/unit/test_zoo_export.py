@@ -203,7 +203,7 @@ def test_docs_take_the_numbers_of_the_stage_that_trained_the_weights(tmp_path):
         "configs/variants/semi_supervised.json", "configs/profiles/demo.json"
     ]  # fmt: skip
     # merged by default: the profile (model size), not the variant (which data trains it)
-    assert _override_list(SEGMENTATION, None, weights) == (
+    assert _override_list(None, weights) == (
         ["configs/profiles/demo.json"], "the weights' stage.json"
     )  # fmt: skip
     study = load_study(report_path)

@@ -33,6 +33,7 @@ from tumoraware import __version__
 from tumoraware.export.archive import write_large_files, write_zip
 from tumoraware.export.isolated import run_isolated
 from tumoraware.export.vendor import (
+    BASE_PACKAGES,
     PACKAGE,
     VendorError,
     distributions_of,
@@ -50,8 +51,6 @@ from tumoraware.export.zoo_docs import (
 
 __all__ = ["ExportError", "ExportResult", "export_bundle"]
 
-# Provided by MONAI's own requirements (metadata has dedicated *_version fields for them).
-_BASE_PACKAGES = {"torch", "numpy", "monai"}
 # Override files that choose the training *data* (the segmentation's Table-1 variants), not the
 # model: a stage.json lists them, but they are shipped as files, not merged, so train.json keeps
 # its own default sources (e.g. synthetic MRI only when a synthetic manifest exists).
@@ -77,9 +76,7 @@ class ExportResult:
     large_files: list[dict] = field(default_factory=list)
 
 
-def _override_list(
-    bundle: Path, overrides: str | Sequence[str] | None, weights: Path
-) -> tuple[list[str], str]:
+def _override_list(overrides: str | Sequence[str] | None, weights: Path) -> tuple[list[str], str]:
     """Override config files to merge (relative to the bundle) and where the list came from."""
     if overrides is None:
         found = stage_overrides(weights)
@@ -256,7 +253,7 @@ def _package_versions(import_names: Sequence[str]) -> dict[str, str]:
     """Installed ``distribution -> version`` for third-party import names (base ones left out)."""
     versions = {}
     for name, dist in sorted(distributions_of(import_names).items()):
-        if name in _BASE_PACKAGES:
+        if name in BASE_PACKAGES:
             continue
         if dist is None:
             raise ExportError(
@@ -371,7 +368,7 @@ def export_bundle(
             "runs/demo/seed0/<synthesis|segmentation>/<method>/train/models/model.pt) or pass "
             "--weights PATH"
         )
-    override_files, origin = _override_list(bundle, overrides, weights)
+    override_files, origin = _override_list(overrides, weights)
     override_content = {}
     for rel in override_files:
         path = (bundle / rel) if not Path(rel).is_absolute() else Path(rel)

@@ -22,6 +22,7 @@ Commands:
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import importlib.machinery
 import json
@@ -165,6 +166,7 @@ def _checks(bundle: Path, result_file: Path, spec: dict[str, Any]) -> None:
         )  # fmt: skip
         return "network_def in/out shapes and dtypes match metadata"
 
+    @functools.cache
     def eager_network() -> torch.nn.Module:
         """``network_def`` of inference.json with models/model.pt loaded, in eval mode."""
         parser = ConfigParser()

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BASE_PACKAGES",
     "VENDOR_PACKAGE",
     "SourceTree",
     "VendorError",
@@ -49,6 +50,9 @@ __all__ = [
 
 PACKAGE = "tumoraware"
 VENDOR_PACKAGE = f"scripts.{PACKAGE}"
+# Provided by MONAI's own requirements (metadata has dedicated *_version fields for them), so
+# never listed as the bundle's own required packages.
+BASE_PACKAGES = frozenset({"torch", "numpy", "monai"})
 _MAX_LINE = 100
 
 

@@ -38,6 +38,7 @@ from tumoraware.export.archive import (
 )
 from tumoraware.export.isolated import run_isolated
 from tumoraware.export.vendor import (
+    BASE_PACKAGES,
     PACKAGE,
     config_references,
     distributions_of,
@@ -61,7 +62,6 @@ REQUIRED_FILES = (
     "models/model.ts",
     "scripts/__init__.py",
 )
-_BASE = {"torch", "numpy", "monai"}
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def _packages(bundle: Path, meta: dict) -> str:
     imported = third_party_imports(sorted((bundle / "scripts").rglob("*.py")))
     unlisted = []
     for name, dist in sorted(distributions_of(imported).items()):
-        if name in _BASE or name == "scripts":
+        if name in BASE_PACKAGES:
             continue
         if dist is None or dist.lower() not in listed:
             unlisted.append(f"{name} ({dist or 'not installed'})")

@@ -16,7 +16,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
+from monai.metrics import compute_dice
+from monai.transforms import ScaleIntensityRangePercentiles
 
+from tumoraware.engines.segmentation_report import largest_area_slice
 from tumoraware.label_server.serve import check_model_listed, start_label_server
 from tumoraware.label_server.server import free_port
 
@@ -26,14 +30,15 @@ DEMO_WEIGHTS = "runs/demo/seed0/segmentation/tumour_aware_semi_supervised/train/
 
 
 def _normalise(volume: np.ndarray) -> np.ndarray:
-    """1st–99th percentile to [-1, 1], as the bundle's ``RobustMRINormalized`` does."""
-    low, high = np.percentile(volume, [1, 99])
-    return np.clip(2.0 * (volume - low) / max(float(high - low), 1e-6) - 1.0, -1.0, 1.0)
+    """1st–99th percentile to [-1, 1], the window of the bundle's ``RobustMRINormalized``."""
+    scale = ScaleIntensityRangePercentiles(lower=1, upper=99, b_min=-1.0, b_max=1.0, clip=True)
+    return np.asarray(scale(volume))
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum() + b.sum())
-    return 2.0 * float(np.logical_and(a, b).sum()) / total if total else 1.0
+def _dice(expert: np.ndarray, mask: np.ndarray) -> float:
+    """3D Dice of two boolean volumes (1 when both are empty)."""
+    as_batch = [torch.as_tensor(m, dtype=torch.float32)[None, None] for m in (mask, expert)]
+    return float(compute_dice(*as_batch, include_background=True, ignore_empty=False))
 
 
 def monailabel_demo_figure(
@@ -86,7 +91,7 @@ def monailabel_demo_figure(
             image_id = Path(case["image"]).name.removesuffix(".nii.gz")
             volume = np.asarray(nib.load(case["image"]).dataobj, dtype=np.float32)
             expert = np.asarray(nib.load(case["label"]).dataobj) > 0
-            z = int(np.argmax(expert.sum(axis=(0, 1))))
+            z, _ = largest_area_slice(expert)
             masks = []
             for keep in columns.values():
                 out = work / "masks" / f"{image_id}_keep_largest_{keep}.nii.gz"
