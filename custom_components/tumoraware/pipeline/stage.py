@@ -32,7 +32,7 @@ import runpy
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,7 +228,9 @@ def _bundle_main(args: list[str], cwd: str, log_path: str, env: dict[str, str]) 
     runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
 
 
-def _follow(log_path: Path, proc: multiprocessing.process.BaseProcess, on_line) -> None:
+def _follow(
+    log_path: Path, proc: multiprocessing.process.BaseProcess, on_line: Callable[[str], None]
+) -> None:
     """Call ``on_line`` for each complete line the running ``proc`` appends to ``log_path``."""
     pending = ""
     with open(log_path, errors="replace") as log:
