@@ -16,7 +16,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from monai.networks.nets import UNet
+from monai.utils import set_determinism
 
 from ..conftest import REPO_ROOT
 from .bundle_runner import property_problems, run_bundle, verify_metadata
@@ -199,3 +201,28 @@ def test_metadata_validates_against_the_model_zoo_schema():
     assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "tumor"}
     assert math.isclose(json.loads((BUNDLE / "configs" / "train.json").read_text())
                         ["learning_rate"], 1e-4)  # fmt: skip
+
+
+def test_real_mri_training_windows_move_the_tumour_and_include_tumour_free_body(data):
+    """The centre-prior fix: whole-body slices cut into windows with the tumour off-centre or
+    absent, so the network also works on a sliding window over whole slices (MONAI Label)."""
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / n) for n in ("train.json", "profiles/test.json")])
+    parser["bundle_root"] = str(BUNDLE)
+    parser["mri_manifest"] = str(data["mri_manifest"])
+    dataset = parser.get_parsed_content("train#dataset")
+    size = TEST_PROFILE["spatial_size"]
+    set_determinism(seed=0)
+    offsets, tumour_free = [], 0
+    for index in [i for i in range(len(dataset)) for _ in range(4)]:
+        window = dataset[index]
+        assert list(window["image"].shape[1:]) == size == list(window["label"].shape[1:])
+        ys, xs = np.nonzero(window["label"][0].numpy() > 0)
+        if len(ys) == 0:
+            tumour_free += 1
+            assert (window["image"] > parser["body_threshold"]).any(), "a window of air only"
+            continue
+        offsets.append(max(abs(ys.mean() - (size[0] - 1) / 2), abs(xs.mean() - (size[1] - 1) / 2)))
+    set_determinism(seed=None)
+    assert tumour_free > 0 and len(offsets) > 0
+    assert max(offsets) >= size[0] / 8, "the tumour never moves away from the window centre"

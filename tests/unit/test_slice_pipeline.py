@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, RandCropByPosNegLabeld
+from torch.utils.data import ConcatDataset
 
 from tumoraware.data.manifest import load_split
 from tumoraware.data.slice_dataset import SliceCacheDataset
@@ -73,3 +74,18 @@ def test_slice_cache_flattens_volumes_into_slices(tiny_world):
 def test_slice_cache_refuses_an_empty_split():
     with pytest.raises(ValueError, match="at least one slice"):
         SliceCacheDataset([], lambda item: item, progress=False)
+
+
+def test_slice_cache_unwraps_a_one_sample_cropper_so_datasets_concatenate():
+    item = {"image": torch.arange(64.0).reshape(1, 8, 8), "label": torch.zeros(1, 8, 8)}
+    item["label"][0, 2, 2] = 1
+    crop = RandCropByPosNegLabeld(keys=("image", "label"), label_key="label",
+                                  spatial_size=(4, 4), num_samples=1)  # fmt: skip
+    cropped = SliceCacheDataset([item], lambda d: [d], transform=crop, progress=False)
+    plain = SliceCacheDataset([item], lambda d: [d], progress=False)
+    both = ConcatDataset([cropped, plain])
+    assert isinstance(both[0], dict) and tuple(both[0]["image"].shape) == (1, 4, 4)
+    assert isinstance(both[1], dict) and tuple(both[1]["image"].shape) == (1, 8, 8)
+    two = SliceCacheDataset([item], lambda d: [d], transform=lambda d: [d, d], progress=False)
+    with pytest.raises(ValueError, match="num_samples=1"):
+        two[0]

@@ -7,6 +7,11 @@ one list per volume (a variable batch size after collation). This dataset runs t
 deterministic volume pipeline once, flattens the lists, and then applies only the cheap random
 2D transforms per sample: loading never bounds the training step (the reference measurements
 on 2 cores show any competing worker slows a step 4–28×).
+
+A per-sample transform may end in one of MONAI's ``RandCropBy*d`` croppers with
+``num_samples=1``, which return a one-item list: the dataset returns that item, so a dataset of
+cropped samples and one of plain samples concatenate (``torch.utils.data.ConcatDataset``) into
+one stream of dicts.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ class SliceCacheDataset(Dataset):
         volume_transform: deterministic transform from one item to a list of 2D samples
             (ending in :class:`~tumoraware.transforms.VolumeToSlicesd`); a single dict is also
             accepted as one sample.
-        transform: random transform applied to a 2D sample on every access (or None).
+        transform: random transform applied to a 2D sample on every access (or None); a
+            one-item list it returns is unwrapped.
         progress: show a progress bar while the volumes are cut.
 
     Shapes:
@@ -53,3 +59,15 @@ class SliceCacheDataset(Dataset):
                 "volume(s). Fix: check the manifest split is not empty."
             )
         super().__init__(data=samples, transform=transform)
+
+    def _transform(self, index: int) -> Any:
+        """The transformed sample ``index``; a one-item list (``num_samples=1``) is unwrapped."""
+        out = super()._transform(index)
+        if isinstance(out, list):
+            if len(out) != 1:
+                raise ValueError(
+                    f"SliceCacheDataset: the per-sample transform returned {len(out)} samples; "
+                    "expected one. Fix: set num_samples=1 on the random cropper."
+                )
+            return out[0]
+        return out
