@@ -12,6 +12,11 @@ A per-sample transform may end in one of MONAI's ``RandCropBy*d`` croppers with
 ``num_samples=1``, which return a one-item list: the dataset returns that item, so a dataset of
 cropped samples and one of plain samples concatenate (``torch.utils.data.ConcatDataset``) into
 one stream of dicts.
+
+``track_meta=False`` runs the per-sample transforms with MONAI's metadata tracking off (restored
+after each call): when nothing downstream inverts or reads a sample's affine, tracking is pure
+overhead, and on 2 CPU cores it is most of the cost of a random crop (measured:
+``RandCropByPosNegLabeld`` 1.9 → 0.8 ms, ``RandSpatialCropd`` 0.9 → 0.1 ms per 2D sample).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from monai.data import Dataset
+from monai.data import Dataset, get_track_meta, set_track_meta
 from monai.transforms import apply_transform
 from tqdm.auto import tqdm
 
@@ -37,6 +42,9 @@ class SliceCacheDataset(Dataset):
         transform: random transform applied to a 2D sample on every access (or None); a
             one-item list it returns is unwrapped.
         progress: show a progress bar while the volumes are cut.
+        track_meta: MONAI metadata tracking while ``transform`` runs (``None``: as it is). Set
+            False when the per-sample transforms need no affine (samples then come back as
+            plain tensors); the volume transform always runs with tracking as it is.
 
     Shapes:
         each cached sample holds ``(C, H, W)`` tensors, as ``volume_transform`` returns them.
@@ -48,6 +56,7 @@ class SliceCacheDataset(Dataset):
         volume_transform: Callable,
         transform: Callable | None = None,
         progress: bool = True,
+        track_meta: bool | None = None,
     ) -> None:
         samples: list[dict[str, Any]] = []
         for item in tqdm(data, desc="cut slices", unit="volume", disable=not progress):
@@ -59,10 +68,17 @@ class SliceCacheDataset(Dataset):
                 "volume(s). Fix: check the manifest split is not empty."
             )
         super().__init__(data=samples, transform=transform)
+        self.track_meta = track_meta
 
     def _transform(self, index: int) -> Any:
         """The transformed sample ``index``; a one-item list (``num_samples=1``) is unwrapped."""
-        out = super()._transform(index)
+        tracking = get_track_meta()
+        if self.track_meta is not None:
+            set_track_meta(self.track_meta)
+        try:
+            out = super()._transform(index)
+        finally:
+            set_track_meta(tracking)
         if isinstance(out, list):
             if len(out) != 1:
                 raise ValueError(

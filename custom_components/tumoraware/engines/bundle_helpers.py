@@ -64,6 +64,7 @@ def synthetic_if_present(
     split: str,
     volume_transform: Callable,
     transform: Callable | None = None,
+    track_meta: bool | None = None,
 ) -> list[Any]:
     """The synthetic-MRI slice dataset of ``manifest``/``split`` as a one-item list, or ``[]``
     (with a warning) when ``manifest`` does not exist.
@@ -72,6 +73,7 @@ def synthetic_if_present(
     synthesis bundle's synthetic MRI is there, the labelled MRI alone where it cannot be (MONAI
     Label trains the bundle on the labels in its datastore, through ``train#dataset#data``).
     The Table-1 variants list their sources explicitly and fail on a missing manifest.
+    ``track_meta`` is passed to :class:`SliceCacheDataset`.
     """
     from tumoraware.data.manifest import load_split
     from tumoraware.data.slice_dataset import SliceCacheDataset
@@ -83,4 +85,7 @@ def synthetic_if_present(
             manifest,
         )
         return []
-    return [SliceCacheDataset(load_split(manifest, split), volume_transform, transform)]
+    dataset = SliceCacheDataset(
+        load_split(manifest, split), volume_transform, transform, track_meta=track_meta
+    )
+    return [dataset]
