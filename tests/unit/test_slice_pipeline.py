@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor
+from monai.data import MetaTensor, get_track_meta
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, RandCropByPosNegLabeld
 from torch.utils.data import ConcatDataset
 
@@ -89,3 +89,14 @@ def test_slice_cache_unwraps_a_one_sample_cropper_so_datasets_concatenate():
     two = SliceCacheDataset([item], lambda d: [d], transform=lambda d: [d, d], progress=False)
     with pytest.raises(ValueError, match="num_samples=1"):
         two[0]
+
+
+@pytest.mark.parametrize("track_meta", [False, None])
+def test_slice_cache_can_run_per_sample_transforms_without_meta_tracking(track_meta):
+    item = {"image": MetaTensor(torch.zeros(1, 8, 8), affine=torch.diag(torch.tensor([2.0] * 4)))}
+    seen = []
+    dataset = SliceCacheDataset([item], lambda d: [d], progress=False, track_meta=track_meta,
+                                transform=lambda d: seen.append(get_track_meta()) or d)  # fmt: skip
+    dataset[0]
+    assert seen == [track_meta is None]  # tracking is on by default, off only when asked
+    assert get_track_meta(), "the global tracking flag was not restored"
