@@ -31,14 +31,15 @@ processes kept busy are read; a copy with > 5 % stall or > 0.1 other cores is co
 machine): the row is run again in a fresh process, up to ``--retries`` times, and the clean attempt
 (else the fastest, flagged ``*``) is reported. Contention costs far more than the lost CPU share:
 with torch's default 2 threads on 2 busy cores, OpenMP threads wait on each other at every op, and
-the more and the smaller the ops of a volume (the demo profile's 1200 windows of 64^2), the worse.
+the more and the smaller the ops of a volume (the demo profile's 2352 windows of 64^2), the worse.
 
 Rows, all with the paper's U-Net (channels 32..512, strides 2, 2 residual units) unless stated:
 
 1. the volume at the working spacing (0.375 mm = 96 mm / 256): one 256^2 window per slice;
    the issue's target, <= 5 s per volume on 2 cores;
 2. a 1.5 mm volume (384 mm FOV) at the default working spacing: resampled to 1021^2 per slice
-   (``Spacingd`` keeps the first and last voxel centres: 255 x 4 + 1), 25 windows per slice;
+   (``Spacingd`` keeps the first and last voxel centres: 255 x 4 + 1), 49 windows per slice
+   at the default ``sw_overlap`` 0.5;
    slow (over a minute), so one timed copy without warm-up; left out with ``--skip-slow``;
 3. the 1.5 mm volume with ``crop_mm`` 384 (working spacing 1.5 mm): one window per slice;
 4. the demo profile (``configs/profiles/demo.json``: 64^2 windows, channels 16..128, 3 strides;
