@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -33,9 +34,15 @@ def data(tiny_world) -> dict[str, object]:
     return {"ct_manifest": manifest, "mri_manifest": manifest}
 
 
+def _run_train(tmp: Path, data, *extra: str, **overrides) -> subprocess.CompletedProcess:
+    configs = ["configs/train.json", "configs/profiles/test.json", *extra]
+    return run_bundle(
+        configs, ckpt_dir=tmp / "models", output_dir=tmp / "runs", **data, **overrides
+    )
+
+
 def _train(tmp: Path, data, *extra: str, **overrides) -> Path:
-    run_bundle(["configs/train.json", "configs/profiles/test.json", *extra],
-               ckpt_dir=tmp / "models", output_dir=tmp / "runs", **data, **overrides)  # fmt: skip
+    _run_train(tmp, data, *extra, **overrides)
     return tmp / "models"
 
 
@@ -141,3 +148,17 @@ def test_training_is_deterministic_when_seeded(tmp_path, data):
         weights.append(torch.load(models / "model.pt", map_location="cpu"))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_tumour_loss_warmup_scales_the_generator_objective(tmp_path, data):
+    """hold 1, ramp 2: λtumour is 0, 2.5, 5, 5 in the logged loss_G of iterations 1-4."""
+    result = _run_train(tmp_path, data, tumour_hold_iterations=1, tumour_ramp_iterations=2)
+    log = result.stdout + result.stderr
+    num = r"([\d.]+)"
+    pattern = rf"adv_G: {num} cycle: {num} feature: {num} .*?loss_G: {num} .*?tumour: {num}"
+    terms = re.findall(pattern, log)
+    steps = TEST_PROFILE["max_epochs"] * TEST_PROFILE["epoch_length"]
+    assert len(terms) == steps, log[-2000:]
+    for (adv, cyc, feat, loss_g, tumour), weight in zip(terms, [0.0, 2.5, 5.0, 5.0], strict=True):
+        expected = float(adv) + 10 * float(cyc) + float(feat) + weight * float(tumour)
+        assert float(loss_g) == pytest.approx(expected, abs=2e-3 * (1 + 10 + 1 + weight))
