@@ -15,7 +15,6 @@ from ``engine.state.iteration``, which MONAI's ``CheckpointLoader`` restores.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from ignite.engine import Engine, Events
@@ -26,33 +25,31 @@ __all__ = ["TumourLossWarmup"]
 class TumourLossWarmup:
     """Sets ``objective.lambda_tumour`` before every iteration: 0, then a linear ramp, then full.
 
-    With ``i`` the 0-based index of the iteration about to run, the weight is
-    ``target · clip((i - hold_iterations) / ramp_iterations, 0, 1)``; ``ramp_iterations = 0`` is
-    a step at ``hold_iterations``. ``hold_iterations = ramp_iterations = 0`` leaves the weight at
+    The final weight ``target`` is the objective's ``lambda_tumour`` when the handler is built
+    (the config's ``lambda_tumour``, paper: 5; the objective has already checked it). With ``i``
+    the 0-based index of the iteration about to run, the weight is 0 for ``i < hold_iterations``
+    and ``target · min(1, (i - hold_iterations + 1) / ramp_iterations)`` after, so the ramp
+    reaches ``target`` on its last iteration; ``ramp_iterations = 0`` is a step at
+    ``hold_iterations``. ``hold_iterations = ramp_iterations = 0`` leaves the weight at
     ``target`` from the first iteration (the paper's schedule).
 
     Args:
         objective: the :class:`~tumoraware.losses.TumourAwareObjective` the trainer uses.
-        target: the final weight (the config's ``lambda_tumour``, paper: 5).
         hold_iterations: iterations at weight 0.
         ramp_iterations: iterations of the linear ramp after the hold.
 
     Raises:
-        ValueError: if a length is negative or ``target`` is negative or not finite.
+        ValueError: if a length is negative.
     """
 
-    def __init__(
-        self, objective: Any, target: float, hold_iterations: int = 0, ramp_iterations: int = 0
-    ) -> None:
+    def __init__(self, objective: Any, hold_iterations: int = 0, ramp_iterations: int = 0) -> None:
         if hold_iterations < 0 or ramp_iterations < 0:
             raise ValueError(
                 "hold_iterations and ramp_iterations must be >= 0, got "
                 f"{hold_iterations} and {ramp_iterations}."
             )
-        if not (math.isfinite(target) and target >= 0):
-            raise ValueError(f"target must be a finite number >= 0, got {target!r}.")
         self.objective = objective
-        self.target = float(target)
+        self.target = float(objective.lambda_tumour)
         self.hold_iterations = int(hold_iterations)
         self.ramp_iterations = int(ramp_iterations)
 
