@@ -73,10 +73,17 @@ def _fmt(mean: float, std: float, digits: int) -> str:
 
 
 def build_report(
-    out_dir: Path, seeds: Sequence[int], results: Sequence[StageResult], profile: str | None
+    out_dir: Path,
+    seeds: Sequence[int],
+    results: Sequence[StageResult],
+    profile: str | None,
+    schedule: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Collect every number, write ``table1.csv``, ``report.json``, ``report.md``; return the
-    report dict (``rows``: per method and split, mean/std per metric, per-seed values)."""
+    report dict (``rows``: per method and split, mean/std per metric, per-seed values).
+
+    ``schedule`` says how the stages ran (``workers``, ``threads_per_stage``, ``cores``,
+    ``elapsed_s`` of this run), since stage wall times overlap when several ran at once."""
     out = Path(out_dir)
     rows = []
     for method in METHODS:
@@ -117,6 +124,7 @@ def build_report(
         "claims": claims,
         "figures": figures,
         "stages": stages,
+        "schedule": schedule or {},
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
         "versions": _versions(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -325,6 +333,19 @@ def _figures_markdown(report: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def _schedule_markdown(report: dict[str, Any]) -> str:
+    """How the stages ran: their wall times overlap when several ran at once."""
+    schedule = report.get("schedule") or {}
+    if not schedule:
+        return ""
+    threads = schedule.get("threads_per_stage") or "torch's default number of"
+    return (
+        f"Stages ran {schedule['workers']} at a time with {threads} thread(s) each on "
+        f"{schedule['cores']} cores; this run took {schedule['elapsed_s']:.0f} s in all "
+        "(stages skipped as unchanged take none).\n\n"
+    )
+
+
 def _markdown(report: dict[str, Any]) -> str:
     kl = "\n".join(
         f"| {model} | {v['mean']:.3f} ± {v['std']:.3f} |"
@@ -344,6 +365,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"each seed's means over the test cases (DSC) or tumour KL.\n\n"
         f"{_claims_markdown(report)}\n\n## Figures (seed {first})\n\n"
         f"{_figures_markdown(report)}\n\n## Stages (wall time, s)\n\n"
-        f"| Stage | s |\n|---|---|\n{stages}\n\nMachine: {report['machine']['platform']}, "
+        f"| Stage | s |\n|---|---|\n{stages}\n\n{_schedule_markdown(report)}"
+        f"Machine: {report['machine']['platform']}, "
         f"Python {report['machine']['python']}; versions {report['versions']}.\n"
     )

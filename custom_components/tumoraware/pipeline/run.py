@@ -1,16 +1,16 @@
-"""Run the Table-1 study stage by stage (resumable), then write and print the report."""
+"""Run the Table-1 study stage by stage (resumable, several at once), then write and print the
+report."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from tumoraware.pipeline.report import build_report, format_table
-from tumoraware.pipeline.stage import StageResult, run_stage
+from tumoraware.pipeline.schedule import available_cores, run_stages, threads_per_stage
 from tumoraware.pipeline.study import seeds_stages
 
 __all__ = ["default_bundles_dir", "run_study"]
@@ -23,17 +23,6 @@ def default_bundles_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "bundles"
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def _kind(name: str) -> str:
-    """``seed0/segmentation/cyclegan/eval_mri_test`` -> ``segmentation/eval_mri_test``."""
-    parts = name.split("/")
-    return f"{parts[1]}/{parts[-1]}" if len(parts) > 2 else name
-
-
 def run_study(
     out_dir: str | Path,
     ct_manifest: str | Path,
@@ -42,29 +31,23 @@ def run_study(
     profile: str | None = "demo",
     bundles_dir: str | Path | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Run every stage of every seed into ``out_dir`` (skipping unchanged ones), then write
-    ``report.md``, ``report.json`` and ``table1.csv`` there and print Table 1."""
+    """Run every stage of every seed into ``out_dir`` (skipping unchanged ones, ``workers`` at
+    a time), then write ``report.md``, ``report.json`` and ``table1.csv`` there and print
+    Table 1."""
     out = Path(out_dir).resolve()
     bundles = Path(bundles_dir) if bundles_dir else default_bundles_dir()
     stages = seeds_stages(bundles, out, Path(ct_manifest), Path(mri_manifest), seeds, profile)
-    hashes: dict[str, str] = {}
-    results: list[StageResult] = []
-    walls: dict[str, float] = {}
-    with tqdm(total=len(stages), desc="study", unit="stage", disable=not progress) as bar:
-        for stage in stages:
-            expected = walls.get(_kind(stage.name))
-            result = run_stage(stage, out / stage.name, hashes, progress, expected_s=expected)
-            if result.wall_s:  # a skipped stage's recorded time is as good an estimate
-                walls[_kind(stage.name)] = result.wall_s
-            hashes[stage.name] = result.content_hash
-            results.append(result)
-            state = (
-                "unchanged, skipped" if result.skipped else f"done in {_duration(result.wall_s)}"
-            )
-            bar.write(f"{stage.name}: {state}")
-            bar.update()
-    report = build_report(out, seeds, results, profile)
+    start = time.perf_counter()
+    results = run_stages(stages, out, workers, progress)
+    schedule = {
+        "workers": workers,
+        "threads_per_stage": threads_per_stage(workers) if workers > 1 else None,  # torch's
+        "cores": available_cores(),
+        "elapsed_s": round(time.perf_counter() - start, 1),
+    }
+    report = build_report(out, seeds, results, profile, schedule)
     print(format_table(report))
     print(f"report: {out / 'report.md'}")
     return report

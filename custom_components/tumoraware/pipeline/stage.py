@@ -223,19 +223,29 @@ def _bundle_main(args: list[str], cwd: str, log_path: str, env: dict[str, str]) 
         stream.reconfigure(line_buffering=True)
     os.environ.clear()  # the caller's environment now, not the forkserver's at its start
     os.environ.update(env)
+    threads = env.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        # OpenMP read the variable when the forkserver loaded torch; a new value needs this.
+        import torch
+
+        torch.set_num_threads(int(threads))
     os.chdir(cwd)
     sys.argv = ["monai.bundle", *args]
     runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
 
 
 def _follow(
-    log_path: Path, proc: multiprocessing.process.BaseProcess, on_line: Callable[[str], None]
+    log_path: Path,
+    proc: multiprocessing.process.BaseProcess,
+    on_line: Callable[[str], None],
+    cancel: threading.Event | None = None,
 ) -> None:
-    """Call ``on_line`` for each complete line the running ``proc`` appends to ``log_path``."""
+    """Call ``on_line`` for each complete line the running ``proc`` appends to ``log_path``;
+    return when ``proc`` ends or ``cancel`` is set."""
     pending = ""
     with open(log_path, errors="replace") as log:
         while True:
-            alive = proc.is_alive()
+            alive = proc.is_alive() and not (cancel is not None and cancel.is_set())
             pending += log.read()
             *lines, pending = pending.split("\n")
             for line in lines:
@@ -254,12 +264,16 @@ def run_stage(
     progress: bool = True,
     env: Mapping[str, str] | None = None,
     expected_s: float | None = None,
+    position: int | None = None,
+    cancel: threading.Event | None = None,
 ) -> StageResult:
     """Run ``stage`` into ``run_dir`` unless an identical run already finished there.
 
     The bar shows an ETA before, or without, MONAI's iteration lines: the wall time of the
     last run in ``run_dir`` (even of another hash), else ``expected_s`` (e.g. the last stage of
-    the same kind). The stage's process gets this process's environment plus ``env``.
+    the same kind); ``position`` is its tqdm line when several stages run at once. The stage's
+    process gets this process's environment plus ``env`` (``OMP_NUM_THREADS`` included: it
+    sets torch's thread count). Setting ``cancel`` (from another thread) terminates the run.
 
     As with any multiprocessing code, a script that calls this needs an
     ``if __name__ == "__main__":`` guard (the stage's process imports the main module).
@@ -280,7 +294,9 @@ def run_stage(
     log_path = run_dir / "log.txt"
     log_path.write_text("")  # exists before the child opens it, so the reader can follow it
     start = time.perf_counter()
-    with tqdm(desc=stage.name, unit="it", disable=not progress, leave=False) as bar:
+    with tqdm(
+        desc=stage.name, unit="it", disable=not progress, leave=False, position=position
+    ) as bar:
         proc = _stage_context().Process(
             target=_bundle_main,
             args=(
@@ -294,8 +310,9 @@ def run_stage(
         ticker = _SecondsTicker(bar, expected_s if progress else None)
         try:
             proc.start()
-            _follow(log_path, proc, lambda line: _advance(bar, line, ticker))
-            proc.join()
+            _follow(log_path, proc, lambda line: _advance(bar, line, ticker), cancel)
+            if cancel is None or not cancel.is_set():
+                proc.join()
         finally:
             ticker.stop()
             if proc.is_alive():  # Ctrl-C or an error in the parent: do not leave it running
@@ -303,6 +320,8 @@ def run_stage(
                 proc.join()
     code = proc.exitcode
     wall = time.perf_counter() - start
+    if code != 0 and cancel is not None and cancel.is_set():
+        raise RuntimeError(f"stage {stage.name} cancelled after {wall:.0f} s; run it again.")
     if code != 0:
         raise RuntimeError(
             f"stage {stage.name} failed (exit {code}) after {wall:.0f} s. "
