@@ -371,7 +371,8 @@ def test_report_has_claims_and_figures(tmp_path):
     _write_numbers(tmp_path, 0, good, kl)
     _write_numbers(tmp_path, 1, {**good, "tumour_aware_semi_supervised": 0.78}, kl)
     _write_numbers(tmp_path, 2, {**good, "cyclegan": 0.80}, {**kl, "tumour_aware": 0.5})
-    report = build_report(tmp_path, [0, 1, 2], [], "test")
+    schedule = {"workers": 2, "threads_per_stage": 1, "cores": 2, "elapsed_s": 612.4}
+    report = build_report(tmp_path, [0, 1, 2], [], "test", schedule)
 
     saved = json.loads((tmp_path / "report.json").read_text())
     claims = {c["id"]: c for c in saved["claims"]}
@@ -388,6 +389,10 @@ def test_report_has_claims_and_figures(tmp_path):
     assert "## Paper's claims, per seed" in markdown
     assert "| ✓ 0.820 ≥ 0.740 > 0.660 |" in markdown
     assert "holds (2/3, needs 2)" in markdown
+    assert saved["schedule"] == schedule
+    assert (
+        "Stages ran 2 at a time with 1 thread(s) each on 2 cores; this run took 612 s" in markdown
+    )
     for figure in saved["figures"].values():
         assert f"]({figure['file']})" in markdown
         assert (tmp_path / figure["file"]).is_file()
@@ -403,3 +408,4 @@ def test_report_without_figure_inputs_still_written(tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     assert markdown.count("Not drawn: FileNotFoundError") == 4
     assert "](fig3_synthesis.png)" not in markdown
+    assert report["schedule"] == {} and "Stages ran" not in markdown
