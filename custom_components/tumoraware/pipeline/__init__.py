@@ -3,6 +3,8 @@
 - :class:`BundleStage`, :func:`run_stage`: one ``python -m monai.bundle run`` of one bundle,
   skipped when its content hash is unchanged.
 - :func:`study_stages`: the Table-1 study as stages (synthesis x 3, segmentation x 5 methods).
+- :func:`~tumoraware.pipeline.schedule.run_stages`: runs stages several at a time, each once
+  the stages it consumes are done.
 - :func:`run_study`: runs them all and writes the report (``report.md``, ``report.json``,
   ``table1.csv``).
 """
