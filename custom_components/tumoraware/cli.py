@@ -228,7 +228,7 @@ class TumourAwareCLI:
             out_dir: the study folder (``report.md``, ``report.json``, ``table1.csv``, stages).
             bundles_dir: the folder with both bundles (default: this checkout's ``bundles/``).
             workers: stages run at once where their inputs allow, each with cores / workers
-                threads (2 on a 2-core CPU is 1.8x faster than 1; keep 1 on a single GPU).
+                threads (2 ran the demo 1.66x faster than 1 on 2 cores; keep 1 on one GPU).
         """
         from tumoraware.pipeline import run_study
 

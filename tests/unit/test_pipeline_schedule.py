@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -133,3 +136,25 @@ def test_cancel_terminates_a_running_stage(bundle, tmp_path):
     with pytest.raises(RuntimeError, match="stage long cancelled"):
         run_stage(stage, run_dir, {}, progress=False, cancel=cancel)
     assert time.perf_counter() - start < 30 and not (run_dir / "stage.json").exists()
+
+
+def test_ctrl_c_terminates_the_running_stages(bundle, tmp_path):
+    out = tmp_path / "study"
+    stages = [_stage(bundle, out, "one", sleep=60.0), _stage(bundle, out, "two", sleep=60.0)]
+
+    def press_ctrl_c_once_both_run() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(
+            (out / n / "started").exists() for n in ("one", "two")
+        ):
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c_once_both_run, daemon=True).start()
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(stages, out, workers=2, progress=False, on_line=lambda _: None)
+    assert time.perf_counter() - start < 50  # start-up, then seconds: not the stages' 60 s
+    assert not multiprocessing.active_children()  # their processes were terminated
+    assert sorted(_journal(out)) == ["one", "two"]  # both had started
+    assert not any((out / n / "stage.json").exists() for n in ("one", "two"))

@@ -156,7 +156,9 @@ def run_stages(
         try:
             start_ready()
             while running:
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                # a timeout, so Ctrl-C is seen at once even on platforms where it cannot
+                # interrupt a blocked lock
+                finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in finished:
                     stage, position = running.pop(future)
                     free_positions.append(position)
