@@ -3,6 +3,8 @@ synthetic MRI the synthesis bundle makes from its CT (about 15 s, only when a te
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,16 @@ def tiny_synthetic_mri(tiny_world, tmp_path_factory) -> Path:
                ct_manifest=manifest, ckpt_path=tmp / "models" / "model.pt",
                output_dir=tmp / "inf")  # fmt: skip
     return tmp / "inf" / "synthetic_mri.json"
+
+
+@pytest.fixture
+def config_bundle(tmp_path) -> Callable[[dict], Path]:
+    """A bundle folder whose ``configs/run.json`` is the given config (for pipeline tests)."""
+
+    def make(config: dict) -> Path:
+        folder = tmp_path / "bundle"
+        (folder / "configs").mkdir(parents=True, exist_ok=True)
+        (folder / "configs" / "run.json").write_text(json.dumps(config))
+        return folder
+
+    return make

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
@@ -42,11 +41,8 @@ CONFIG = {
 
 
 @pytest.fixture
-def bundle(tmp_path) -> Path:
-    folder = tmp_path / "bundle"
-    (folder / "configs").mkdir(parents=True)
-    (folder / "configs" / "run.json").write_text(json.dumps(CONFIG))
-    return folder
+def bundle(config_bundle) -> Path:
+    return config_bundle(CONFIG)
 
 
 def _stage(bundle: Path, out: Path, name: str, after=(), **overrides) -> BundleStage:

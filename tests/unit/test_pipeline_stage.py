@@ -24,11 +24,8 @@ CONFIG = {
 
 
 @pytest.fixture
-def bundle(tmp_path) -> Path:
-    folder = tmp_path / "bundle"
-    (folder / "configs").mkdir(parents=True)
-    (folder / "configs" / "run.json").write_text(json.dumps(CONFIG))
-    return folder
+def bundle(config_bundle) -> Path:
+    return config_bundle(CONFIG)
 
 
 def _stage(bundle: Path, run_dir: Path, **kw) -> BundleStage:
