@@ -156,8 +156,8 @@ def run_stages(
         try:
             start_ready()
             while running:
-                # a timeout, so Ctrl-C is seen at once even on platforms where it cannot
-                # interrupt a blocked lock
+                # a timeout, so a KeyboardInterrupt is raised within 0.5 s even where no
+                # signal interrupts the blocked wait (e.g. `_thread.interrupt_main`)
                 finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in finished:
                     stage, position = running.pop(future)
