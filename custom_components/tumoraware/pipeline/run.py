@@ -3,7 +3,6 @@ report."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +13,6 @@ from tumoraware.pipeline.schedule import available_cores, run_stages, threads_pe
 from tumoraware.pipeline.study import seeds_stages
 
 __all__ = ["default_bundles_dir", "run_study"]
-
-logger = logging.getLogger(__name__)
 
 
 def default_bundles_dir() -> Path:
@@ -43,7 +40,7 @@ def run_study(
     results = run_stages(stages, out, workers, progress)
     schedule = {
         "workers": workers,
-        "threads_per_stage": threads_per_stage(workers) if workers > 1 else None,  # torch's
+        "threads_per_stage": threads_per_stage(workers),
         "cores": available_cores(),
         "elapsed_s": round(time.perf_counter() - start, 1),
     }

@@ -43,9 +43,10 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def threads_per_stage(workers: int, cores: int | None = None) -> int:
-    """Threads each of ``workers`` concurrent stages gets: the cores shared out, at least 1."""
-    return max(1, (cores or available_cores()) // workers)
+def threads_per_stage(workers: int) -> int | None:
+    """Threads each of ``workers`` concurrent stages gets: the cores shared out, at least 1;
+    None for one stage at a time (torch's default, the stage has the machine to itself)."""
+    return max(1, available_cores() // workers) if workers > 1 else None
 
 
 def _duration(seconds: float) -> str:
@@ -123,7 +124,7 @@ def run_stages(
     order = {s.name: i for i, s in enumerate(stages)}
     downstream = _downstream_counts(stages)
     threads = threads_per_stage(workers)
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if workers > 1 else {}
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
     pending = list(stages)
     hashes: dict[str, str] = {}
     results: dict[str, StageResult] = {}
