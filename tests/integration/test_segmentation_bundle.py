@@ -226,3 +226,31 @@ def test_real_mri_training_windows_move_the_tumour_and_include_tumour_free_body(
     set_determinism(seed=None)
     assert tumour_free > 0 and len(offsets) > 0
     assert max(offsets) >= size[0] / 8, "the tumour never moves away from the window centre"
+
+
+def _parsed(data: dict, variant: str) -> ConfigParser:
+    parser = ConfigParser()
+    configs = ("train.json", f"variants/{variant}.json", "profiles/test.json")
+    parser.read_config([str(BUNDLE / "configs" / name) for name in configs])
+    parser["bundle_root"] = str(BUNDLE)
+    parser.update({key: str(value) for key, value in data.items()})
+    return parser
+
+
+def test_semi_supervised_draws_real_and_synthetic_slices_equally(data):
+    """Synthetic slices outnumber the labelled real ones; the sampler evens the two sources out,
+    so the real MRI is not drowned (one-source variants keep plain shuffling)."""
+    parser = _parsed(data, "semi_supervised")
+    synthetic, real = parser.get_parsed_content("train#sources")
+    assert len(synthetic) > len(real) > 0
+    sampler = parser.get_parsed_content("train#sampler")
+    assert isinstance(sampler, torch.utils.data.WeightedRandomSampler)
+    set_determinism(seed=0)
+    draws = [index for _ in range(20) for index in sampler]
+    set_determinism(seed=None)
+    real_share = sum(index >= len(synthetic) for index in draws) / len(draws)
+    assert 0.4 < real_share < 0.6, (real_share, len(real) / (len(real) + len(synthetic)))
+    for variant in ("week_one_only", "synthetic_only"):
+        one_source = _parsed(data, variant)
+        assert one_source.get_parsed_content("train#sampler") is None
+        assert one_source.get_parsed_content("train#dataloader#shuffle") is True

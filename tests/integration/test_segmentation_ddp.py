@@ -5,7 +5,8 @@ synthesis bundle + the tiny world's week-1 MRI). Validation runs on every rank (
 of the volumes; MONAI's metric handlers gather them), so ``--val_interval 1`` exercises the
 collectives; a hang fails after 300 s. A test-only override (``probe.json``) replaces
 ``finalize`` so that every rank saves its unwrapped U-Net weights and the sample indices its
-samplers drew, before leaving the process group.
+samplers drew, before leaving the process group. The training sampler is MONAI's
+``DistributedWeightedRandomSampler`` (source-balanced draws, as on one process).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ PROBE = {
         "$torch.save({'weights': @network.module.state_dict(),"
         " 'wrapper': type(@network).__name__,"
         " 'train_indices': list(@train#sampler), 'train_len': len(@train#concat_dataset),"
+        " 'sampler': type(@train#sampler).__name__, 'real_len': len(@train#real_dataset),"
+        " 'sample_weights': list(@train#sampler.weights),"
         " 'val_indices': list(@validate#sampler), 'val_len': len(@validate#dataset)},"
         " @output_dir + '/probe_rank' + str(dist.get_rank()) + '.pt')",
         "$dist.is_initialized() and dist.destroy_process_group()",
@@ -59,10 +62,15 @@ def test_both_ranks_train_the_same_network_on_disjoint_shares(ddp_run):
     first, second = ddp_run["probes"]
     assert first["wrapper"] == second["wrapper"] == "DistributedDataParallel"
     assert all(torch.equal(first["weights"][k], second["weights"][k]) for k in first["weights"])
-    # every slice on one rank; only even_divisible's padding (len % 2 samples) is on both
+    # synthetic + real MRI: each rank draws source-balanced from its own share of the slices;
+    # only even_divisible's padding (len % 2 samples) is in both shares
+    assert first["sampler"] == second["sampler"] == "DistributedWeightedRandomSampler"
     ranks = set(first["train_indices"]), set(second["train_indices"])
     assert len(ranks[0] & ranks[1]) <= -first["train_len"] % NPROC
-    assert ranks[0] | ranks[1] == set(range(first["train_len"]))
+    n_synthetic = first["train_len"] - first["real_len"]
+    assert n_synthetic > first["real_len"] > 0
+    weights = [float(w) for w in first["sample_weights"]]
+    assert sum(weights[n_synthetic:]) == pytest.approx(sum(weights[:n_synthetic])) == 0.5
     # validation volumes are split, not duplicated: every volume once over the two ranks
     assert sorted(first["val_indices"] + second["val_indices"]) == list(range(first["val_len"]))
 
