@@ -10,8 +10,7 @@ MONAI derives weights from a list of datasets; the sampling itself is theirs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Sized
+from collections.abc import Sequence, Sized
 
 __all__ = ["source_balanced_weights"]
 
