@@ -162,3 +162,29 @@ def test_tumour_loss_warmup_scales_the_generator_objective(tmp_path, data):
     for (adv, cyc, feat, loss_g, tumour), weight in zip(terms, [0.0, 2.5, 5.0, 5.0], strict=True):
         expected = float(adv) + 10 * float(cyc) + float(feat) + weight * float(tumour)
         assert float(loss_g) == pytest.approx(expected, abs=2e-3 * (1 + 10 + 1 + weight))
+
+
+def _mri_dataset(data, **overrides: object):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / n) for n in ("train.json", "profiles/test.json")])
+    parser.update({"bundle_root": str(BUNDLE), **{k: str(v) for k, v in data.items()}})
+    parser.update(overrides)
+    return parser.get_parsed_content("train#mri_dataset")
+
+
+def test_mri_for_synthesis_is_cut_around_its_tumours_like_the_ct(data):
+    """§3.2: tumour regions from the contoured MRI, so the MRI discriminator sees real tumours
+    (with body squares it hardly ever did); the body-square option keeps working without labels."""
+    size = TEST_PROFILE["spatial_size"]
+    regions = _mri_dataset(data)
+    samples = [regions[i] for i in range(len(regions))]
+    assert samples and all(list(s["image"].shape[1:]) == size for s in samples)
+    assert all(s["label"].sum() > 0 for s in samples), "an MRI region slice without tumour"
+    centre = [s["label"][0, size[0] // 2 - 2 : size[0] // 2 + 2].sum() > 0 for s in samples]
+    assert sum(centre) > len(samples) / 2
+    body = _mri_dataset(data, mri_tumour_regions=False)
+    window = body[0]
+    assert "label" not in window and list(window["image"].shape[1:]) == size
+    assert len(body) > len(regions)  # every slice of every unlabelled scan, not tumour slices
