@@ -1,10 +1,14 @@
-"""`latest_checkpoint`: what `--resume True` continues from, finished or interrupted."""
+"""`latest_checkpoint`: what `--resume True` continues from, finished or interrupted;
+`contoured_mri`: the MRI the synthesis bundle cuts around its tumours."""
 
 from __future__ import annotations
 
+import json
 import os
 
-from tumoraware.engines.bundle_helpers import latest_checkpoint
+import pytest
+
+from tumoraware.engines.bundle_helpers import contoured_mri, latest_checkpoint
 
 
 def _touch(path, mtime: float) -> None:
@@ -34,3 +38,22 @@ def test_other_files_are_ignored_and_nothing_gives_the_final_path(tmp_path):
     _touch(tmp_path / "checkpoint_epoch=x.pt", 500.0)
     assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_final.pt")
     assert latest_checkpoint(tmp_path / "missing") == str(tmp_path / "missing/checkpoint_final.pt")
+
+
+def test_contoured_mri_joins_the_splits_and_every_entry_has_a_label(tiny_world):
+    _, manifest = tiny_world
+    entries = contoured_mri(manifest, ["mri_week1", "mri_validation"])
+    splits = json.loads(manifest.read_text())
+    assert len(entries) == len(splits["mri_week1"]) + len(splits["mri_validation"]) > 0
+    assert all(os.path.isfile(e["label"]) for e in entries)
+
+
+@pytest.mark.parametrize(
+    ("split", "message"),
+    [("mri_contoured", 'no split "mri_contoured"'), ("mri_unlabelled", "has no tumour label")],
+)
+def test_contoured_mri_names_the_problem_and_both_fixes(tiny_world, split, message):
+    _, manifest = tiny_world
+    with pytest.raises(ValueError, match=message) as info:
+        contoured_mri(manifest, ["mri_week1", split])
+    assert "--mri_tumour_regions false" in str(info.value) and str(manifest) in str(info.value)

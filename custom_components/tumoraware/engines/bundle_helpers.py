@@ -9,7 +9,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["attach_all", "latest_checkpoint", "scalar_losses", "synthetic_if_present"]
+__all__ = [
+    "attach_all",
+    "contoured_mri",
+    "latest_checkpoint",
+    "scalar_losses",
+    "synthetic_if_present",
+]
 
 _EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
@@ -89,3 +95,36 @@ def synthetic_if_present(
         load_split(manifest, split), volume_transform, transform, track_meta=track_meta
     )
     return [dataset]
+
+
+def contoured_mri(manifest: str | os.PathLike, splits: list[str]) -> list[dict]:
+    """The entries of ``splits`` of ``manifest``, every one with a tumour ``label``: the MRI that
+    the synthesis bundle cuts around its tumours (``mri_tumour_regions``, paper §3.2).
+
+    Raises:
+        ValueError: a split is missing or empty, or an entry has no label; the message names
+            the manifest, the split and the entry, and gives both fixes (other splits, or
+            ``--mri_tumour_regions false`` to draw body squares from unlabelled MRI).
+    """
+    from tumoraware.data.manifest import ManifestError, load_split
+
+    fix = (
+        "pass --mri_region_splits with splits of contoured MRI, or --mri_tumour_regions false "
+        "to train on random body squares of the unlabelled split (mri_split)"
+    )
+    entries: list[dict] = []
+    for split in splits:
+        try:
+            found = load_split(manifest, split)
+        except ManifestError as error:
+            raise ValueError(f"{error}\nFor synthesis MRI tumour regions: {fix}.") from error
+        if not found:
+            raise ValueError(f'{manifest}: split "{split}" is empty; {fix}.')
+        for entry in found:
+            if not entry.get("label"):
+                raise ValueError(
+                    f'{manifest}: split "{split}" entry {entry.get("image")} has no tumour label '
+                    f"to cut its region around; {fix}."
+                )
+        entries += found
+    return entries
