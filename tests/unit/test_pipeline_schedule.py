@@ -146,6 +146,9 @@ def test_ctrl_c_terminates_the_running_stages(bundle, tmp_path):
             time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGINT)
 
+    # a flaky CI failure (no KeyboardInterrupt) would point here if an earlier test had left
+    # its own SIGINT handler behind
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     threading.Thread(target=press_ctrl_c_once_both_run, daemon=True).start()
     start = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
