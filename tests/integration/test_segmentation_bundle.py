@@ -237,19 +237,22 @@ def _parsed(data: dict, variant: str) -> ConfigParser:
     return parser
 
 
-def test_semi_supervised_draws_real_and_synthetic_slices_equally(data):
-    """Synthetic slices outnumber the labelled real ones; the sampler evens the two sources out,
-    so the real MRI is not drowned (one-source variants keep plain shuffling)."""
+def test_semi_supervised_draws_real_slices_at_their_configured_share(data):
+    """Synthetic slices outnumber the labelled real ones; the sampler gives the real MRI its
+    configured share of the draws (1 - synthetic_share), so it is not drowned; one-source
+    variants keep plain shuffling."""
     parser = _parsed(data, "semi_supervised")
     synthetic, real = parser.get_parsed_content("train#sources")
     assert len(synthetic) > len(real) > 0
+    real_share_wanted = 1.0 - parser.get_parsed_content("synthetic_share")
+    assert real_share_wanted > len(real) / (len(real) + len(synthetic))
     sampler = parser.get_parsed_content("train#sampler")
     assert isinstance(sampler, torch.utils.data.WeightedRandomSampler)
     set_determinism(seed=0)
     draws = [index for _ in range(20) for index in sampler]
     set_determinism(seed=None)
     real_share = sum(index >= len(synthetic) for index in draws) / len(draws)
-    assert 0.4 < real_share < 0.6, (real_share, len(real) / (len(real) + len(synthetic)))
+    assert abs(real_share - real_share_wanted) < 0.1, (real_share, real_share_wanted)
     for variant in ("week_one_only", "synthetic_only"):
         one_source = _parsed(data, variant)
         assert one_source.get_parsed_content("train#sampler") is None

@@ -6,7 +6,8 @@ of the volumes; MONAI's metric handlers gather them), so ``--val_interval 1`` ex
 collectives; a hang fails after 300 s. A test-only override (``probe.json``) replaces
 ``finalize`` so that every rank saves its unwrapped U-Net weights and the sample indices its
 samplers drew, before leaving the process group. The training sampler is MONAI's
-``DistributedWeightedRandomSampler`` (source-balanced draws, as on one process).
+``DistributedWeightedRandomSampler`` (each source drawn at its configured share, as on one
+process).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ PROBE = {
         " 'wrapper': type(@network).__name__,"
         " 'train_indices': list(@train#sampler), 'train_len': len(@train#concat_dataset),"
         " 'sampler': type(@train#sampler).__name__, 'real_len': len(@train#real_dataset),"
-        " 'sample_weights': list(@train#sampler.weights),"
+        " 'sample_weights': list(@train#sampler.weights), 'synthetic_share': @synthetic_share,"
         " 'val_indices': list(@validate#sampler), 'val_len': len(@validate#dataset)},"
         " @output_dir + '/probe_rank' + str(dist.get_rank()) + '.pt')",
         "$dist.is_initialized() and dist.destroy_process_group()",
@@ -62,7 +63,7 @@ def test_both_ranks_train_the_same_network_on_disjoint_shares(ddp_run):
     first, second = ddp_run["probes"]
     assert first["wrapper"] == second["wrapper"] == "DistributedDataParallel"
     assert all(torch.equal(first["weights"][k], second["weights"][k]) for k in first["weights"])
-    # synthetic + real MRI: each rank draws source-balanced from its own share of the slices;
+    # synthetic + real MRI: each rank draws at the configured source shares from its own slices;
     # only even_divisible's padding (len % 2 samples) is in both shares
     assert first["sampler"] == second["sampler"] == "DistributedWeightedRandomSampler"
     ranks = set(first["train_indices"]), set(second["train_indices"])
@@ -70,7 +71,8 @@ def test_both_ranks_train_the_same_network_on_disjoint_shares(ddp_run):
     n_synthetic = first["train_len"] - first["real_len"]
     assert n_synthetic > first["real_len"] > 0
     weights = [float(w) for w in first["sample_weights"]]
-    assert sum(weights[n_synthetic:]) == pytest.approx(sum(weights[:n_synthetic])) == 0.5
+    assert sum(weights[:n_synthetic]) == pytest.approx(first["synthetic_share"])
+    assert sum(weights[n_synthetic:]) == pytest.approx(1.0 - first["synthetic_share"])
     # validation volumes are split, not duplicated: every volume once over the two ranks
     assert sorted(first["val_indices"] + second["val_indices"]) == list(range(first["val_len"]))
 
