@@ -146,9 +146,10 @@ def test_ctrl_c_terminates_the_running_stages(bundle, tmp_path):
             time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGINT)
 
-    # In the full suite an earlier test leaves SIGINT ignored (SIG_IGN, seen in fresh-clone
-    # CI; which test is not yet known), so Ctrl-C would do nothing. A shell gives Python's own
-    # handler; install it for this test and put back what was there.
+    # A job started with `&` by a non-interactive shell (no job control) inherits SIGINT
+    # ignored (POSIX), and Python then keeps SIG_IGN: pytest launched that way would see no
+    # Ctrl-C at all. An interactive shell gives Python its own handler; install it for this
+    # test and put back what was there.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=press_ctrl_c_once_both_run, daemon=True).start()
     start = time.perf_counter()
