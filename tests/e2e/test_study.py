@@ -99,3 +99,7 @@ def test_every_artefact_exists_and_every_number_is_in_range(study):
 def test_a_second_run_skips_everything(study):
     log = demo(study["root"])
     assert log.count("unchanged, skipped") == N_STAGES and ": done in " not in log
+    markdown = (study["out"] / "report.md").read_text()
+    rows = [line for line in markdown.splitlines() if line.startswith("| seed0/")]
+    assert len(rows) == N_STAGES  # two cells each, the note inside one, or Markdown drops it
+    assert all(row.endswith(" (earlier run) |") and row.count("|") == 3 for row in rows)

@@ -39,6 +39,12 @@ def unet_from_state(state: dict) -> UNet:
     return net
 
 
+def _decayed_lr(max_epochs: int) -> float:
+    """The lr of the last epoch of a ``max_epochs`` run under ``lr_decay_epochs`` = max_epochs."""
+    initial = ConfigParser.load_config_file(BUNDLE / "configs" / "train.json")["learning_rate"]
+    return initial * (1.0 - max_epochs / (max_epochs + 1.0))
+
+
 @pytest.fixture(scope="module")
 def data(tiny_world, tiny_synthetic_mri) -> dict[str, Path]:
     """Manifests: the tiny world, and synthetic MRI made from its CT by bundle 1 (test profile)."""
@@ -73,6 +79,9 @@ def test_each_variant_trains_evaluates_and_infers(tmp_path, data, variant):
     assert {"network", "optimizer", "trainer"} <= set(full)
     steps = TEST_PROFILE["max_epochs"] * TEST_PROFILE["epoch_length"]
     assert full["trainer"]["iteration"] == steps
+    assert full["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
+        _decayed_lr(TEST_PROFILE["max_epochs"])
+    )  # linear decay over the whole run: the last epoch trains at 1/(E+1) of the initial lr
 
     eval_dir = tmp_path / "eval"
     segment(["configs/train.json", "configs/evaluate.json", "configs/profiles/test.json"],
@@ -118,6 +127,8 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, data):
     assert f"Restored all variables from {interval}" in result.stdout + result.stderr
     full = torch.load(models / "checkpoint_final.pt", map_location="cpu", weights_only=False)
     assert full["trainer"]["iteration"] == more * TEST_PROFILE["epoch_length"]
+    # the schedule follows the restored epoch and the new length, not the restored lr
+    assert full["optimizer"]["param_groups"][0]["lr"] == pytest.approx(_decayed_lr(more))
 
 
 def _nibabel_anatomical() -> Path:

@@ -352,7 +352,7 @@ def _markdown(report: dict[str, Any]) -> str:
         for model, v in report["tumour_kl"].items()
     )
     stages = "\n".join(
-        f"| {s['name']} | {s['wall_s']:.0f} |{' (earlier run)' if s['skipped'] else ''}"
+        f"| {s['name']} | {s['wall_s']:.0f}{' (earlier run)' if s['skipped'] else ''} |"
         for s in report["stages"]
     )
     first = report["seeds"][0] if report["seeds"] else "-"
