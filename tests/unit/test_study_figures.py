@@ -390,6 +390,9 @@ def test_report_has_claims_and_figures(tmp_path):
     assert "| ✓ 0.820 ≥ 0.740 > 0.660 |" in markdown
     assert "holds (2/3, needs 2)" in markdown
     assert saved["schedule"] == schedule
+    machine = saved["machine"]  # the CPU is named: the same seeds give other numbers elsewhere
+    assert machine["processor"] and machine["cores"] >= 1
+    assert f"{machine['processor']}, {machine['cores']} cores" in markdown
     assert (
         "Stages ran 2 at a time with 1 thread(s) each on 2 cores; this run took 612 s" in markdown
     )

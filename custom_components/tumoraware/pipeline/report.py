@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import operator
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -125,7 +126,7 @@ def build_report(
         "figures": figures,
         "stages": stages,
         "schedule": schedule or {},
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": _machine(),
         "versions": _versions(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -261,6 +262,18 @@ def _figures(out: Path, seed: int) -> dict[str, dict[str, Any]]:
     return result
 
 
+def _machine() -> dict[str, Any]:
+    """Platform, processor and core count: the same seeds give other numbers on another CPU."""
+    processor = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]  # fmt: skip
+        processor = names[0] if names else processor
+    return {"platform": platform.platform(), "processor": processor or "unknown",
+            "cores": os.cpu_count(), "python": platform.python_version()}  # fmt: skip
+
+
 def _versions() -> dict[str, str]:
     import monai
     import torch
@@ -366,6 +379,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"{_claims_markdown(report)}\n\n## Figures (seed {first})\n\n"
         f"{_figures_markdown(report)}\n\n## Stages (wall time, s)\n\n"
         f"| Stage | s |\n|---|---|\n{stages}\n\n{_schedule_markdown(report)}"
-        f"Machine: {report['machine']['platform']}, "
+        f"Machine: {report['machine']['platform']}, {report['machine']['processor']}, "
+        f"{report['machine']['cores']} cores, "
         f"Python {report['machine']['python']}; versions {report['versions']}.\n"
     )
