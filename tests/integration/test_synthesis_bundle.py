@@ -93,9 +93,12 @@ def test_train_resume_evaluate_infer(tmp_path, data):
 @pytest.mark.parametrize("baseline", ["cyclegan", "masked_cyclegan"])
 def test_baselines_train_and_infer(tmp_path, data, baseline):
     override = f"configs/baselines/{baseline}.json"
-    models = _train(tmp_path, data, override)
+    models = _train(tmp_path, data, override, lr_decay_epochs=1)  # no U optimizer to decay
     full = torch.load(models / "checkpoint_final.pt", map_location="cpu", weights_only=False)
     assert "tumour_nets" not in full and "u_optimizer" not in full  # no U for the baselines
+    initial = json.loads((BUNDLE / "configs" / "train.json").read_text())["learning_rate"]
+    for optimizer in ("g_optimizer", "d_optimizer"):  # last epoch of 1 decay epoch: half the lr
+        assert full[optimizer]["param_groups"][0]["lr"] == pytest.approx(initial / 2)
     channels = 2 if baseline == "masked_cyclegan" else 1
     _generator(channels).load_state_dict(torch.load(models / "model.pt", map_location="cpu"))
     evaluate = [
