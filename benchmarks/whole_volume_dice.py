@@ -3,8 +3,9 @@
 Runs the segmentation bundle's ``inference.json`` (whole volume, every axial slice, largest
 3D component kept; no expert label to place a tumour region) with each model's weights over the
 ``mri_validation`` and ``mri_test`` splits, then scores every mask against the expert label
-with MONAI's ``compute_dice``. A volume is *hit* when its Dice exceeds 0.1. Prints a table and
-writes JSON; run after ``make demo``::
+with ``volume_dice`` (MONAI's ``compute_dice``), the Dice of the README's MONAI Label figure.
+A volume is *hit* when its Dice exceeds 0.1. Prints a table and writes JSON; run after
+``make demo``::
 
     python benchmarks/whole_volume_dice.py --study runs/demo --seed 0
 """
@@ -18,11 +19,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
-from monai.metrics import compute_dice
 
 from tumoraware.atomic import write_json_atomic
 from tumoraware.data.manifest import load_split
+from tumoraware.label_server.figure import volume_dice  # the Dice of the MONAI Label figure
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "lung_mri_tumor_segmentation"
@@ -42,13 +42,12 @@ def infer(weights: Path, manifest: Path, split: str, out_dir: Path) -> None:
         raise RuntimeError(f"inference of {weights} on {split} failed:\n{result.stderr[-3000:]}")
 
 
-def volume_dice(mask_path: Path, label_path: Path) -> float:
-    """3D Dice of a 0/1 mask and the expert label on the same grid; shapes (H, W, D)."""
+def load_pair(mask_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A written 0/1 mask and its expert label as boolean volumes of one grid, shapes (H, W, D)."""
     mask, label = (np.asarray(nib.load(p).dataobj) > 0 for p in (mask_path, label_path))
     if mask.shape != label.shape:
         raise ValueError(f"{mask_path}: shape {mask.shape} differs from {label_path} {label.shape}")
-    pair = [torch.as_tensor(m, dtype=torch.float32)[None, None] for m in (mask, label)]
-    return float(compute_dice(*pair, include_background=True, ignore_empty=False))
+    return mask, label
 
 
 def main() -> None:
@@ -70,7 +69,8 @@ def main() -> None:
             for item in load_split(args.manifest, split):
                 image = Path(item["image"])  # load_split gives absolute paths
                 mask = out_dir / image.name.replace(".nii.gz", "_seg.nii.gz")
-                cases[image.name] = volume_dice(mask, Path(item["label"]))
+                predicted, expert = load_pair(mask, Path(item["label"]))
+                cases[image.name] = volume_dice(expert, predicted)
             dice = list(cases.values())
             results.setdefault(model, {})[split] = {
                 "mean_dice": float(np.mean(dice)),

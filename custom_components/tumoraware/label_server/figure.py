@@ -24,7 +24,7 @@ from tumoraware.engines.segmentation_report import largest_area_slice
 from tumoraware.label_server.serve import check_model_listed, start_label_server
 from tumoraware.label_server.server import free_port
 
-__all__ = ["DEMO_WEIGHTS", "monailabel_demo_figure"]
+__all__ = ["DEMO_WEIGHTS", "monailabel_demo_figure", "volume_dice"]
 
 DEMO_WEIGHTS = "runs/demo/seed0/segmentation/tumour_aware_semi_supervised/train/models/model.pt"
 
@@ -35,8 +35,8 @@ def _normalise(volume: np.ndarray) -> np.ndarray:
     return np.asarray(scale(volume))
 
 
-def _dice(expert: np.ndarray, mask: np.ndarray) -> float:
-    """3D Dice of two boolean volumes (1 when both are empty)."""
+def volume_dice(expert: np.ndarray, mask: np.ndarray) -> float:
+    """3D Dice of two boolean volumes of one shape (H, W, D); 1 when both are empty."""
     as_batch = [torch.as_tensor(m, dtype=torch.float32)[None, None] for m in (mask, expert)]
     return float(compute_dice(*as_batch, include_background=True, ignore_empty=False))
 
@@ -101,7 +101,7 @@ def monailabel_demo_figure(
             experts.append(np.rot90(expert[:, :, z])[None].astype(np.float32))
             predictions.append(np.stack([np.rot90(m[:, :, z]) for m in masks]).astype(np.float32))
             titles.append(f"{image_id.removesuffix('_image')} z={z}")
-            notes.append([f"3D Dice {_dice(expert, m):.2f}" for m in masks])
+            notes.append([f"3D Dice {volume_dice(expert, m):.2f}" for m in masks])
     return save_contour_grid(
         out_png, [np.stack(images)] * len(columns),
         {"expert": np.stack(experts), "MONAI Label /infer": np.stack(predictions)},
