@@ -6,7 +6,7 @@ One iteration is the paper's alternating update (end of §2.1), in the reference
     + λfeat·L_feat (eq. 5; + an optional identity term), with D and U frozen;
 (b) discriminators D_MRI and D_CT, descending the LSGAN loss on real images vs pooled fakes;
 (c) tumour networks U = (U_CT, U_MRI), descending L_tumour + λfeat·L_feat on the CT image and the
-    detached synthetic MRI of step (a).
+    detached synthetic MRI of step (a) (ours, optional: + a BCE of U_MRI on labelled real MRI).
 
 Each generator runs exactly twice per iteration (G: x_c and F(x_m); F: G(x_c) and x_m), plus
 once each for the identity term when it is on; steps (b) and (c) reuse the fakes of step (a).
@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from ignite.engine import EventEnum
 from monai.data import MetaTensor
 from monai.engines import Trainer
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CycleGANEvents", "CycleGANTrainer"]
 
-LOSS_KEYS = ("loss_G", "loss_D", "loss_U", "adv_G", "cycle", "tumour", "feature", "identity")
+LOSS_KEYS = (
+    "loss_G", "loss_D", "loss_U", "adv_G", "cycle", "tumour", "feature", "identity", "real_mri",
+)  # fmt: skip
 
 
 class CycleGANEvents(EventEnum):
@@ -87,7 +90,10 @@ class CycleGANTrainer(Trainer):
     - D step: ``loss_D = 0.5·[LSGAN(D_MRI(x_m), real) + LSGAN(D_MRI(pool(fake_mri)), fake)]
       + 0.5·[LSGAN(D_CT(x_c), real) + LSGAN(D_CT(pool(fake_ct)), fake)]`` on detached fakes.
     - U step: U recomputed on x_c and on ``fake_mri.detach()`` (no new G pass);
-      ``loss_U = objective.tumour_network_loss(tumour, feature)``.
+      ``loss_U = objective.tumour_network_loss(tumour, feature)``; with ``real_mri_loader``
+      (ours, not the paper's), ``+ real_mri_weight · BCE(U_MRI(x_r), y_r)`` on a batch of
+      labelled real MRI, so U_MRI learns what a tumour looks like on real MRI and the tumour
+      loss asks G for tumours that look that way, not for a code that only G and U_MRI share.
 
     ``masked=True`` is the masked CycleGAN baseline (the paper's ref. [8]): the tumour mask is an
     extra channel of the generators' input and output (CT: ``cat(image, 2·label − 1)``; MRI:
@@ -98,7 +104,9 @@ class CycleGANTrainer(Trainer):
 
     Iteration output (``engine.state.output`` and the return value of ``_iteration``): python
     floats ``loss_G``, ``loss_D``, ``loss_U``, ``adv_G``, ``cycle``, ``tumour``, ``feature``,
-    ``identity`` (a term that is off is ``0.0``), and ``images``: detached tensors ``ct``,
+    ``identity``, ``real_mri`` (a term that is off is ``0.0``), ``mri_has_tumour`` (1.0 when the
+    MRI batch has a label with a tumour pixel, 0.0 without; absent for unlabelled MRI), and
+    ``images``: detached tensors ``ct``,
     ``fake_mri``, ``rec_ct`` (image channel only, ``(B, 1, H, W)``) and ``label`` (``y_c``, or
     ``None`` when the CT batch has none) for handlers that draw previews.
 
@@ -138,6 +146,10 @@ class CycleGANTrainer(Trainer):
             ``forward``) sees and syncs every U pass. ``None`` trains a plain (or masked)
             CycleGAN without tumour terms.
         u_optimizer: optimizer over ``tumour_nets.parameters()``; required with tumour networks.
+        real_mri_loader: labelled real MRI batches (``image``, ``label`` ``(B, 1, H, W)``) for
+            U_MRI's real-MRI term, cycled like ``mri_data_loader``; ``None`` (the paper) leaves
+            the term out. Needs tumour networks.
+        real_mri_weight: weight of that term in the U objective.
         adversarial_loss: ``loss(logits, target_is_real, for_discriminator)``; default MONAI's
             ``PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)``
             (LSGAN, as the reference CycleGAN).
@@ -186,6 +198,8 @@ class CycleGANTrainer(Trainer):
         objective: Any,
         tumour_nets: torch.nn.Module | None = None,
         u_optimizer: Optimizer | None = None,
+        real_mri_loader: Iterable | DataLoader | None = None,
+        real_mri_weight: float = 1.0,
         adversarial_loss: Callable | None = None,
         cycle_loss: Callable | None = None,
         tumour_loss: Callable | None = None,
@@ -240,7 +254,11 @@ class CycleGANTrainer(Trainer):
             )
         if tumour_nets is not None and u_optimizer is None:
             raise ValueError("tumour_nets were given without u_optimizer; pass both or neither.")
+        if real_mri_loader is not None and tumour_nets is None:
+            raise ValueError("real_mri_loader trains U_MRI, so it needs tumour_nets.")
         self.mri_data_loader = mri_data_loader
+        self.real_mri_loader = real_mri_loader
+        self.real_mri_weight = float(real_mri_weight)
         self.g_ct2mri, self.g_mri2ct = g_ct2mri, g_mri2ct
         self.d_mri, self.d_ct = d_mri, d_ct
         self.tumour_nets = tumour_nets
@@ -270,8 +288,8 @@ class CycleGANTrainer(Trainer):
         self.u_scaler = (
             torch.amp.GradScaler("cuda") if self.amp and tumour_nets is not None else None
         )
-        self._mri_iterator: Iterator | None = None
-        self._mri_passes = 0
+        self._iterators: dict[str, Iterator | None] = {"mri": None, "real_mri": None}
+        self._passes: dict[str, int] = {"mri": 0, "real_mri": 0}
 
     # ----------------------------------------------------------------------------------------
     # public helpers
@@ -305,20 +323,26 @@ class CycleGANTrainer(Trainer):
     # ----------------------------------------------------------------------------------------
     # one iteration
 
+    def _next_batch(self, which: str = "mri") -> Any:
+        """The next batch of the ``"mri"`` or ``"real_mri"`` loader, restarting it whenever it
+        is exhausted."""
+        loader = self.mri_data_loader if which == "mri" else self.real_mri_loader
+        for _ in range(2):
+            if self._iterators[which] is None:
+                sampler = getattr(loader, "sampler", None)
+                if isinstance(sampler, DistributedSampler):
+                    sampler.set_epoch(self._passes[which])
+                self._iterators[which] = iter(loader)
+                self._passes[which] += 1
+            try:
+                return next(self._iterators[which])
+            except StopIteration:
+                self._iterators[which] = None
+        raise ValueError(f"{which}_data_loader yielded no batch: it must hold at least one batch.")
+
     def _next_mri_batch(self) -> Any:
         """The next MRI batch, restarting the MRI loader whenever it is exhausted."""
-        for _ in range(2):
-            if self._mri_iterator is None:
-                sampler = getattr(self.mri_data_loader, "sampler", None)
-                if isinstance(sampler, DistributedSampler):
-                    sampler.set_epoch(self._mri_passes)
-                self._mri_iterator = iter(self.mri_data_loader)
-                self._mri_passes += 1
-            try:
-                return next(self._mri_iterator)
-            except StopIteration:
-                self._mri_iterator = None
-        raise ValueError("mri_data_loader yielded no batch: it must hold at least one MRI batch.")
+        return self._next_batch("mri")
 
     def _prepare(self, engine: CycleGANTrainer, batchdata: Any, what: str) -> tuple:
         batch = engine.prepare_batch(
@@ -458,6 +482,15 @@ class CycleGANTrainer(Trainer):
                     engine.tumour_loss(u_ct[0], logits_mri, y_c),
                     engine.feature_loss(u_ct[1], phi_mri),
                 )
+                if engine.real_mri_loader is not None:
+                    x_r, y_r = self._prepare(engine, engine._next_batch("real_mri"), "real MRI")
+                    if y_r is None:
+                        raise ValueError("real_mri_loader batches need a 'label'.")
+                    real_mri = F.binary_cross_entropy_with_logits(
+                        tumour_nets(x_r, domain="mri")[0], y_r
+                    )
+                    loss_u = loss_u + engine.real_mri_weight * real_mri
+                    out["real_mri"] = real_mri
             self._backward(loss_u, engine.u_scaler)
             self._step(engine.u_optimizer, engine.u_scaler)
             out["loss_U"] = loss_u
@@ -466,6 +499,8 @@ class CycleGANTrainer(Trainer):
         for key in LOSS_KEYS:
             if isinstance(out[key], torch.Tensor):
                 out[key] = out[key].detach().float().item()
+        if y_m is not None:  # how often D_MRI's real side shows a tumour (a diagnostic)
+            out["mri_has_tumour"] = float(y_m.detach().sum() > 0)
         out["loss"] = out["loss_G"]  # MONAI's conventional key (e.g. `--tracking mlflow` logs it)
         out["images"] = {
             "ct": x_c.detach(),

@@ -7,7 +7,9 @@ handlers add what the paper measures and shows:
 - :class:`TumourKLHandler`: the pooled tumour-region KL divergence between synthetic and real
   MRI (recipe in :mod:`tumoraware.metrics.tumour_kl`), published in ``engine.state.metrics``;
 - :class:`SynthesisGridHandler`: a PNG grid CT | synthetic MRI | reconstructed CT with the
-  tumour contour, one per validation run.
+  tumour contour, one per validation run;
+- :class:`TumourNetworkCheck`: the position-leak probes of U_CT and U_MRI and how well each
+  segments CT, synthetic MRI and real MRI (:mod:`tumoraware.metrics.position_leak`).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from ignite.engine import Engine, Events
 
 from tumoraware.atomic import write_json_atomic
 from tumoraware.metrics import TumourKLMetric
+from tumoraware.metrics.position_leak import position_probes, segmentation_quality
 from tumoraware.visualize import save_synthesis_grid
 
-__all__ = ["SynthesisGridHandler", "TumourKLHandler"]
+__all__ = ["SynthesisGridHandler", "TumourKLHandler", "TumourNetworkCheck"]
 
 logger = logging.getLogger(__name__)
 
@@ -163,3 +166,154 @@ class SynthesisGridHandler:
         path = self.output_dir / f"synthesis_epoch{engine.state.epoch:04d}.png"
         shown = (_radiological(t) for t in (ct, fake, reconstructed, label))
         return save_synthesis_grid(path, *shown)
+
+
+class TumourNetworkCheck:
+    """Probe U_CT and U_MRI for a position prior; measure how well each segments, per validation.
+
+    Collects up to ``max_slices`` CT slices, their synthetic MRI and labels from the evaluator's
+    output (the synthesis validation: ``image`` CT, ``pred`` G(CT), ``label``) and, once, as many
+    labelled real MRI crops from ``real_loader``. At the end of each run it writes
+    ``output_json``::
+
+        {"u_ct":  {"on_ct": quality, "probes": {"constant": excess, "rolled": excess}},
+         "u_mri": {"on_synthetic": quality, "on_real_mri": quality,
+                   "probes": {"constant": excess, "rolled": excess}},
+         "max_excess": float, "tolerance": float, "leak": bool}
+
+    (``quality`` and ``excess`` as in :mod:`tumoraware.metrics.position_leak`), publishes
+    ``u_position_excess`` and ``u_mri_real_dice`` in ``engine.state.metrics``, and logs an
+    error naming the probe when a network paints the crop centre (``leak``); with
+    ``fail_on_leak`` it raises instead.
+
+    Args:
+        tumour_nets: the tied U-Nets, ``tumour_nets(x, domain="ct"|"mri") -> (logits, φ)``.
+        real_loader: labelled real MRI crops (dicts with ``image``, ``label`` ``(B, 1, H, W)``).
+        output_json: where the results go (atomic), or ``None``.
+        tolerance: largest centre excess (probability) that is not a leak.
+        fail_on_leak: raise ``RuntimeError`` on a leak (for a strict evaluation).
+        max_slices: slices kept per domain (memory bound).
+    """
+
+    def __init__(
+        self,
+        tumour_nets: torch.nn.Module,
+        real_loader: Iterable[dict[str, Any]],
+        output_json: str | os.PathLike | None = None,
+        tolerance: float = 0.1,
+        fail_on_leak: bool = False,
+        max_slices: int = 256,
+        image_key: str = "image",
+        pred_key: str = "pred",
+        label_key: str = "label",
+    ) -> None:
+        self.tumour_nets = tumour_nets
+        self.real_loader = real_loader
+        self.output_json = Path(output_json) if output_json else None
+        self.tolerance = float(tolerance)
+        self.fail_on_leak = bool(fail_on_leak)
+        self.max_slices = int(max_slices)
+        self.keys = (image_key, pred_key, label_key)
+        self.slices: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._real: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.result: dict[str, Any] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.slices.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)
+
+    def collect(self, engine: Engine) -> None:
+        room = self.max_slices - sum(len(s[0]) for s in self.slices)
+        if room <= 0:
+            return
+        ct, synthetic, label = (_batch_items(engine.state.output, k)[:room, :1] for k in self.keys)
+        self.slices.append((ct.detach().float().cpu(), synthetic.detach().float().cpu(),
+                            label.detach().float().cpu()))  # fmt: skip
+
+    def _real_mri(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._real is None:
+            images, labels, count = [], [], 0
+            for batch in self.real_loader:
+                images.append(torch.as_tensor(batch["image"])[:, :1].float())
+                labels.append(torch.as_tensor(batch["label"])[:, :1].float())
+                count += len(images[-1])
+                if count >= self.max_slices:
+                    break
+            self._real = (
+                torch.cat(images)[: self.max_slices],
+                torch.cat(labels)[: self.max_slices],
+            )
+        return self._real
+
+    @torch.no_grad()
+    def check(self, engine: Engine) -> dict[str, Any] | None:
+        if not self.slices:
+            return None
+        nets = self.tumour_nets
+        device = next(nets.parameters()).device
+        was_training = nets.training
+        nets.eval()
+        try:
+
+            def u_ct(x: torch.Tensor) -> torch.Tensor:
+                return nets(x.to(device), domain="ct")[0].cpu()
+
+            def u_mri(x: torch.Tensor) -> torch.Tensor:
+                return nets(x.to(device), domain="mri")[0].cpu()
+
+            ct, synthetic, label = (torch.cat(parts) for parts in zip(*self.slices, strict=True))
+            real, real_label = self._real_mri()
+            result: dict[str, Any] = {
+                "u_ct": {
+                    "on_ct": segmentation_quality(u_ct, ct, label),
+                    "probes": position_probes(u_ct, ct, label),
+                },
+                "u_mri": {
+                    "on_synthetic": segmentation_quality(u_mri, synthetic, label),
+                    "on_real_mri": segmentation_quality(u_mri, real, real_label),
+                    "probes": position_probes(u_mri, synthetic, label),
+                },
+            }
+        finally:
+            nets.train(was_training)
+        excesses = {
+            f"{net} {probe}": values["excess"]
+            for net in ("u_ct", "u_mri")
+            for probe, values in result[net]["probes"].items()
+        }
+        worst = max(excesses, key=lambda k: excesses[k] if excesses[k] == excesses[k] else -1)
+        result.update(
+            max_excess=excesses[worst], tolerance=self.tolerance,
+            leak=bool(excesses[worst] > self.tolerance), epoch=engine.state.epoch,
+        )  # fmt: skip
+        engine.state.metrics["u_position_excess"] = excesses[worst]
+        engine.state.metrics["u_mri_real_dice"] = result["u_mri"]["on_real_mri"]["dice"]
+        if self.output_json is not None:
+            write_json_atomic(self.output_json, _json_safe(result))
+        self.result = result
+        if result["leak"]:
+            message = (
+                f"POSITION LEAK: {worst} paints the crop centre (centre p "
+                f"{result[worst.split()[0]]['probes'][worst.split()[1]]['centre_p']:.2f}, excess "
+                f"{excesses[worst]:.2f} > tolerance {self.tolerance:.2f}): the tumour networks "
+                "learned where the tumour sits in the crop, not what it looks like, so the tumour "
+                "loss does not ask G to keep the tumour. Fix: train with crops that do not give the "
+                "tumour's position away (configs/options/no_position_leak.json)."
+            )
+            if self.fail_on_leak:
+                raise RuntimeError(message)
+            logger.error(message)
+        else:
+            logger.info("tumour networks: no position leak (largest centre excess %.3f, %s)",
+                        excesses[worst], worst)  # fmt: skip
+        return result
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN as ``None`` (valid JSON), recursively."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, float) and x != x:
+        return None
+    return x

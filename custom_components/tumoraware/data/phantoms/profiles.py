@@ -14,6 +14,9 @@ class PhantomProfile:
 
     Args:
         n_ct: labelled CT patients (synthesis training; the paper's NSCLC-Radiomics role).
+        n_ct_test: labelled CT patients held out from synthesis training (split ``ct_test``):
+            the tumour-preservation score reads their synthetic MRI to tell what a synthesis
+            model keeps on CT it never trained on from what it learned by heart.
         n_mri_train: MRI patients with weekly scans (week 1 labelled for semi-supervised
             training; later weeks unlabelled for synthesis and labelled for validation).
         mri_weeks: scan weeks of each training MRI patient (1 = pre-treatment).
@@ -35,21 +38,23 @@ class PhantomProfile:
     ct_fov: float = 384.0
     mri_fov: float = 420.0
     ct_slab_margin: float | None = None
+    n_ct_test: int = 0
 
 
 PROFILES = {
     "tiny": PhantomProfile(
         name="tiny", n_ct=3, n_mri_train=2, mri_weeks=(1, 4), test_longitudinal=(), n_test_pre=2,
-        ct_spacing=(2.5, 2.5, 4.0), mri_spacing=(3.0, 3.0, 6.0), ct_slab_margin=15.0,
+        ct_spacing=(2.5, 2.5, 4.0), mri_spacing=(3.0, 3.0, 6.0), ct_slab_margin=15.0, n_ct_test=2,
     ),
     "demo": PhantomProfile(
         name="demo", n_ct=16, n_mri_train=4, mri_weeks=(1, 3, 5, 7), test_longitudinal=((1, 4, 7),),
         n_test_pre=5, ct_spacing=(1.0, 1.0, 3.0), mri_spacing=(1.5, 1.5, 5.0), ct_slab_margin=30.0,
+        n_ct_test=8,
     ),
     "full": PhantomProfile(
         name="full", n_ct=120, n_mri_train=6, mri_weeks=(1, 2, 3, 4, 5, 6, 7),
         test_longitudinal=((1, 2, 3, 4, 5, 6, 7), (1, 2, 3, 4, 5, 6, 7), (1, 2, 3, 4, 5, 6)),
-        n_test_pre=8, ct_spacing=(1.0, 1.0, 3.0), mri_spacing=(1.5, 1.5, 5.0),
+        n_test_pre=8, ct_spacing=(1.0, 1.0, 3.0), mri_spacing=(1.5, 1.5, 5.0), n_ct_test=30,
     ),
 }  # fmt: skip
 

@@ -50,8 +50,9 @@ logger = logging.getLogger(__name__)
 GENERATOR_VERSION = 1
 """Bump when the physics changes, so cached worlds are regenerated."""
 
-_COHORT_CODES = {"ct": 1, "mri": 2, "mri_test": 3}
-_FOLDERS = {"ct": "ct", "mri": "mri", "mri_test": "mri_test"}
+_COHORT_CODES = {"ct": 1, "mri": 2, "mri_test": 3, "ct_test": 4}
+_FOLDERS = {"ct": "ct", "mri": "mri", "mri_test": "mri_test", "ct_test": "ct_test"}
+_CT_COHORTS = ("ct", "ct_test")
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,14 @@ class ScanPlan:
     """One volume to generate: which patient, which cohort, which week and tumour site."""
 
     patient: str
-    cohort: str  # "ct", "mri" (training MRI patients) or "mri_test"
+    cohort: str  # "ct", "ct_test" (held-out CT), "mri" (training MRI patients) or "mri_test"
     index: int
     week: int
     site: str
 
     @property
     def stem(self) -> str:
-        return self.patient if self.cohort == "ct" else f"{self.patient}_w{self.week}"
+        return self.patient if self.cohort in _CT_COHORTS else f"{self.patient}_w{self.week}"
 
     def paths(self, out_dir: Path) -> tuple[Path, Path]:
         folder = out_dir / _FOLDERS[self.cohort]
@@ -111,6 +112,10 @@ def plan_world(profile: PhantomProfile, seed: int) -> list[ScanPlan]:
         zip(_sites(seed, "mri_test", len(test_weeks)), test_weeks, strict=True)
     ):
         plans += [ScanPlan(f"mri_t{i:03d}", "mri_test", i, w, site) for w in weeks]
+    plans += [
+        ScanPlan(f"ct_t{i:03d}", "ct_test", i, 1, site)
+        for i, site in enumerate(_sites(seed, "ct_test", profile.n_ct_test))
+    ]
     return plans
 
 
@@ -157,7 +162,8 @@ def synthesise_scan(seed: int, plan: ScanPlan, profile: PhantomProfile) -> Scan:
     anatomy, tumour = _patient(seed, plan)
     scan_rng = _rng(seed, plan.cohort, plan.index, stream=plan.week)
     tumour = tumour.at_week(plan.week)
-    if plan.cohort == "ct":
+    is_ct = plan.cohort in _CT_COHORTS
+    if is_ct:
         grid = _ct_grid(anatomy, tumour, profile, scan_rng)
         look = sample_ct_appearance(scan_rng)
     else:
@@ -168,7 +174,7 @@ def synthesise_scan(seed: int, plan: ScanPlan, profile: PhantomProfile) -> Scan:
         look = look.at_week(plan.week, response=patient_rng.uniform(0.05, 0.3), rng=scan_rng)
     tissue = anatomy.tissue_map(grid)
     paint_tumour(tissue, grid, tumour)
-    render = render_ct if plan.cohort == "ct" else render_mri
+    render = render_ct if is_ct else render_mri
     image = render(tissue, grid, look, scan_rng)
     label = np.isin(tissue, TUMOUR_TISSUES).astype(np.uint8)
     truth = {
@@ -176,7 +182,7 @@ def synthesise_scan(seed: int, plan: ScanPlan, profile: PhantomProfile) -> Scan:
         "grid": asdict(grid),
         "anatomy": {k: v for k, v in asdict(anatomy).items() if k != "vessels"},
         "tumour": asdict(tumour),
-        "appearance": {"modality": "CT" if plan.cohort == "ct" else "MR", **asdict(look)},
+        "appearance": {"modality": "CT" if is_ct else "MR", **asdict(look)},
         "tumour_voxels": int(label.sum()),
     }
     return Scan(plan, image, label, tissue, grid, truth)
@@ -204,8 +210,8 @@ def build_manifest(
         item = {"image": _relative(image, manifest_dir)}
         if labelled:
             item["label"] = _relative(label, manifest_dir)
-        item.update(modality="CT" if plan.cohort == "ct" else "MR", patient=plan.patient)
-        if plan.cohort != "ct":
+        item.update(modality="CT" if plan.cohort in _CT_COHORTS else "MR", patient=plan.patient)
+        if plan.cohort not in _CT_COHORTS:
             item["week"] = plan.week
         if labelled:
             item["tumour_site"] = plan.site
@@ -232,6 +238,7 @@ def build_manifest(
             "config_hash": _config(profile, seed)["config_hash"],
         },
         "ct_train": [entry(p, True) for p in plans if p.cohort == "ct"],
+        "ct_test": [entry(p, True) for p in plans if p.cohort == "ct_test"],
         "mri_unlabelled": [entry(p, False) for p in mri],
         "mri_week1": [entry(p, True) for p in mri if p.week == 1],
         "mri_validation": [entry(p, True) for p in mri if p.week > 1],
@@ -263,8 +270,10 @@ def generate_world(
         if previous.get("config_hash") != config["config_hash"]:
             raise FileExistsError(
                 f"{config_file}: {out_dir} holds a world made with seed {previous.get('seed')}, "
-                f"profile {previous.get('profile', {}).get('name')!r}; you asked for seed {seed}, "
-                f"profile {profile!r}. Fix: choose another --out_dir, or pass --overwrite."
+                f"profile {previous.get('profile', {}).get('name')!r} (configuration "
+                f"{previous.get('config_hash')}); you asked for seed {seed}, profile {profile!r} "
+                f"(configuration {config['config_hash']}; the profile's cohorts or the generator "
+                "may have changed since). Fix: choose another --out_dir, or pass --overwrite."
             )
     write_json_atomic(config_file, config)
     plans = plan_world(prof, seed)
