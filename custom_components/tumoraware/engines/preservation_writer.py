@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,7 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 
 from tumoraware.atomic import write_json_atomic, write_text_atomic
-from tumoraware.engines.segmentation_report import _cases, _CaseNamer, _item, _source
+from tumoraware.engines.segmentation_report import _CaseNamer, _cases, _item, _source
 from tumoraware.metrics.preservation import (
     PRESERVATION_FIELDS,
     preservation_counts,
@@ -50,7 +51,7 @@ def size_class(volume_cc: float, bins_cc: Sequence[float]) -> str:
         return "all"
     if volume_cc < edges[0]:
         return f"<{edges[0]:g} cc"
-    for low, high in zip(edges, edges[1:], strict=False):
+    for low, high in itertools.pairwise(edges):
         if volume_cc < high:
             return f"{low:g}-{high:g} cc"
     return f">={edges[-1]:g} cc"

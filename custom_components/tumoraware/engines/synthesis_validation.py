@@ -297,9 +297,9 @@ class TumourNetworkCheck:
                 f"POSITION LEAK: {worst} paints the crop centre (centre p "
                 f"{result[worst.split()[0]]['probes'][worst.split()[1]]['centre_p']:.2f}, excess "
                 f"{excesses[worst]:.2f} > tolerance {self.tolerance:.2f}): the tumour networks "
-                "learned where the tumour sits in the crop, not what it looks like, so the tumour "
-                "loss does not ask G to keep the tumour. Fix: train with crops that do not give the "
-                "tumour's position away (configs/options/no_position_leak.json)."
+                "learned where the tumour sits in the crop, not what it looks like, so the "
+                "tumour loss does not ask G to keep the tumour. Fix: train with crops that do not "
+                "give the tumour's position away (configs/options/no_position_leak.json)."
             )
             if self.fail_on_leak:
                 raise RuntimeError(message)
