@@ -25,7 +25,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from tumoraware.atomic import write_json_atomic
-from tumoraware.metrics import TumourKLMetric
+from tumoraware.metrics import TumourKLMetric, kl_divergence, tumour_histogram
 from tumoraware.metrics.position_leak import position_probes, segmentation_quality
 from tumoraware.visualize import save_synthesis_grid
 
@@ -39,6 +39,14 @@ def _batch_items(output: Any, key: str) -> torch.Tensor:
     if isinstance(output, list):
         return torch.stack([torch.as_tensor(item[key]) for item in output])
     return torch.as_tensor(output[key])
+
+
+def _case_ids(batch: Any, n: int, key: str) -> list[str]:
+    """The ``key`` entry of each of the ``n`` items of a collated batch (``"unknown"`` if none)."""
+    ids = batch.get(key) if isinstance(batch, dict) else None
+    if isinstance(ids, (list, tuple)) and len(ids) == n:
+        return [str(i) for i in ids]
+    return ["unknown"] * n
 
 
 def _radiological(slices: torch.Tensor) -> torch.Tensor:
@@ -56,6 +64,9 @@ class TumourKLHandler:
         prefix: metric names are ``{prefix}kl``, ``{prefix}kl_reverse``, ``{prefix}js``.
         output_json: also write the metrics (and voxel counts) to this file after each run.
         bins, eps: histogram bins over [-1, 1] and smoothing (see the recipe).
+        case_key: batch key naming each slice's case (patient); the JSON also holds each
+            case's KL against the pooled real histogram (``per_case``; all slices count as
+            ``"unknown"`` when the batch has no such key).
     """
 
     def __init__(
@@ -69,6 +80,7 @@ class TumourKLHandler:
         output_json: str | os.PathLike | None = None,
         bins: int = 64,
         eps: float = 1e-6,
+        case_key: str = "patient",
     ) -> None:
         self.real_loader = real_loader
         self.synthetic_key, self.mask_key = synthetic_key, mask_key
@@ -76,6 +88,8 @@ class TumourKLHandler:
         self.prefix = prefix
         self.output_json = Path(output_json) if output_json else None
         self.metric = TumourKLMetric(bins=bins, eps=eps)
+        self.case_key = case_key
+        self._case_counts: dict[str, torch.Tensor] = {}
         self._real_counts: torch.Tensor | None = None  # the real side never changes: pool it once
 
     def attach(self, engine: Engine) -> None:
@@ -85,6 +99,7 @@ class TumourKLHandler:
 
     def started(self, engine: Engine) -> None:
         self.metric.reset()
+        self._case_counts = {}
         if self._real_counts is None:
             for batch in self.real_loader:
                 self.metric.update_real(batch[self.real_image_key], batch[self.real_mask_key])
@@ -93,13 +108,21 @@ class TumourKLHandler:
 
     def iteration_completed(self, engine: Engine) -> None:
         output = engine.state.output
-        self.metric.update_synthetic(  # channel 0: the image (the masked baseline adds a mask)
-            _batch_items(output, self.synthetic_key)[:, :1].detach().float().cpu(),
-            _batch_items(output, self.mask_key)[:, :1].detach().cpu(),
-        )
+        images = _batch_items(output, self.synthetic_key)[:, :1].detach().float().cpu()
+        masks = _batch_items(output, self.mask_key)[:, :1].detach().cpu()
+        self.metric.update_synthetic(images, masks)  # channel 0: the masked baseline adds a mask
+        for i, case in enumerate(_case_ids(engine.state.batch, len(images), self.case_key)):
+            counts = tumour_histogram(images[i : i + 1], masks[i : i + 1], self.metric.bins)
+            self._case_counts[case] = self._case_counts.get(case, 0) + counts.cpu()
 
     def completed(self, engine: Engine) -> None:
         result = self.metric.aggregate()
+        real = self.metric.real_counts
+        result["per_case"] = {  # for paired comparisons of models case by case
+            case: kl_divergence(real, counts, self.metric.eps)
+            for case, counts in sorted(self._case_counts.items())
+            if float(counts.sum()) > 0
+        }
         metrics = {
             f"{self.prefix}kl": result["kl_real_synth"],
             f"{self.prefix}kl_reverse": result["kl_synth_real"],

@@ -222,14 +222,21 @@ def _performance(
     topic = "kl" if kind == "synthesis" else "dsc"
     claims = [c for c in report.get("claims", []) if topic in str(c.get("id", "")).lower()]
     if claims:
-        lines += ["The paper's claims on this study (a claim holds when it holds for ⌈2/3·n⌉ "
-                  "of the n seeds):", ""]  # fmt: skip
+        lines += ["The claims on this study (each judged by a paired bootstrap 95 % confidence "
+                  "interval over cases and seeds):", ""]  # fmt: skip
         for claim in claims:
             verdict = "holds" if claim.get("holds") else "does not hold"
-            lines.append(
-                f"- {claim.get('claim')}: {verdict} ({claim.get('seeds_holding')}/"
-                f"{len(claim.get('per_seed', []))} seeds)"
-            )
+            parts = []
+            for comp in claim.get("comparisons", []):
+                ci = comp.get("difference", {})
+                bounds = (ci.get("mean"), ci.get("low"), ci.get("high"))
+                shown = (
+                    "{:+.3f} [{:+.3f}, {:+.3f}]".format(*bounds)
+                    if all(isinstance(b, (int, float)) for b in bounds)
+                    else "n/a"
+                )
+                parts.append(f"{comp.get('a')} − {comp.get('b')} {shown}")
+            lines.append(f"- {claim.get('claim')}: {verdict} ({'; '.join(parts) or 'no data'})")
         lines.append("")
     return lines
 

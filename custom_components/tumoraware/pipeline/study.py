@@ -2,29 +2,49 @@
 
 Methods and what they run (one tumour-aware synthesis model feeds both tumour-aware rows):
 
-=============================  ======================  ==============================
-Table-1 row                    synthesis model          segmentation variant
-=============================  ======================  ==============================
-week one only                  none                     ``week_one_only``
-CycleGAN                       ``cyclegan``             ``semi_supervised``
-masked CycleGAN                ``masked_cyclegan``      ``semi_supervised``
-tumour-aware unsupervised      ``tumour_aware``         ``synthetic_only``
-tumour-aware semi-supervised   ``tumour_aware``         ``semi_supervised``
-=============================  ======================  ==============================
+=================================  ======================  ==============================
+Table-1 row                        synthesis model          segmentation variant
+=================================  ======================  ==============================
+week one only                      none                     ``week_one_only``
+CycleGAN                           ``cyclegan``             ``semi_supervised``
+masked CycleGAN                    ``masked_cyclegan``      ``semi_supervised``
+tumour-aware unsupervised          ``tumour_aware``         ``synthetic_only``
+tumour-aware semi-supervised       ``tumour_aware``         ``semi_supervised``
+CycleGAN unsupervised (ours)       ``cyclegan``             ``synthetic_only``
+masked CycleGAN unsupervised (ours)  ``masked_cyclegan``    ``synthetic_only``
+=================================  ======================  ==============================
 
-Per synthesis model: train → evaluate (tumour KL) → inference (synthetic MRI + manifest).
-Per method: segmentation train → evaluate on the validation and on the test split.
+The last two rows are the clean ablation the paper lacks: every synthesis model trained on its
+synthetic MRI alone, so the synthesis models are compared without the real week-one MRI.
+
+Per synthesis model: train → evaluate (tumour KL, position-leak probes) → inference (synthetic
+MRI + manifest), and the tumour-preservation score (:mod:`tumoraware.metrics.preservation`) on the
+CT it trained on (``ct_train``) and on held-out CT (``ct_test``, when the manifest has it), read
+by the week-one-only segmenter (trained on real labelled MRI only). The reader's own score on the
+real MRI test split is the ceiling. Per method: segmentation train → evaluate on the validation
+and on the test split.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tumoraware.pipeline.stage import BundleStage
 
-__all__ = ["EVAL_SPLITS", "METHODS", "SYNTHESIS_MODELS", "Method", "seeds_stages", "study_stages"]
+__all__ = [
+    "EVAL_SPLITS",
+    "METHODS",
+    "PRESERVATION_SPLITS",
+    "READER",
+    "SYNTHESIS_MODELS",
+    "Method",
+    "preservation_name",
+    "seeds_stages",
+    "study_stages",
+]
 
 
 @dataclass(frozen=True)
@@ -51,8 +71,28 @@ METHODS: tuple[Method, ...] = (
            "synthetic_only"),
     Method("tumour_aware_semi_supervised", "Tumour-aware semi-supervised", "tumour_aware",
            "semi_supervised"),
+    Method("cyclegan_unsupervised", "CycleGAN unsupervised (ours)", "cyclegan", "synthetic_only"),
+    Method("masked_cyclegan_unsupervised", "Masked CycleGAN unsupervised (ours)",
+           "masked_cyclegan", "synthetic_only"),
 )  # fmt: skip
 EVAL_SPLITS = ("mri_validation", "mri_test")
+PRESERVATION_SPLITS = ("ct_train", "ct_test")
+"""CT splits whose synthetic MRI the reader reads: what segmentation trains on, and held-out CT."""
+READER = "week_one_only"
+"""The method whose segmenter reads synthetic MRI: trained on real labelled MRI only."""
+REAL_MRI = "real_mri"
+"""The ceiling's name in the preservation layout: the reader on real held-out MRI."""
+
+
+def preservation_name(seed: int, model: str, split: str) -> str:
+    """``seed0/preservation/tumour_aware/ct_test`` (``model = "real_mri"``: the ceiling)."""
+    return f"seed{seed}/preservation/{model}/{split}"
+
+
+def _splits_in(manifest: Path, splits: Sequence[str]) -> list[str]:
+    """The ``splits`` that ``manifest`` holds and that are not empty."""
+    data = json.loads(Path(manifest).read_text())
+    return [s for s in splits if data.get(s)]
 
 
 def _profile(profile: str | None) -> list[str]:
@@ -143,6 +183,40 @@ def study_stages(
                     inputs=inputs, after=[train], outputs=["summary.json", "fig4_panels.png"],
                 )
             )  # fmt: skip
+    reader = f"{root}/segmentation/{READER}/train"
+    reader_overrides = {
+        "reader_configs": [str(segmentation / "configs" / "train.json"),
+                           *(str(segmentation / c) for c in prof)],
+        "reader_checkpoint": out / reader / "models" / "model.pt",
+    }  # fmt: skip
+    for model, extra in SYNTHESIS_MODELS.items():
+        weights = out / root / "synthesis" / model / "train" / "models" / "model.pt"
+        for split in _splits_in(data["ct_manifest"], PRESERVATION_SPLITS):
+            name = preservation_name(seed, model, split)
+            stages.append(
+                BundleStage(
+                    name, synthesis,
+                    ["configs/inference.json", "configs/preservation.json", *extra, *prof],
+                    {"ct_manifest": data["ct_manifest"], "ct_split": split,
+                     "ckpt_path": weights,
+                     **reader_overrides, "output_dir": out / name,
+                     "preservation_title": f"{model} on {split}"},
+                    inputs=inputs, after=[f"{root}/synthesis/{model}/train", reader],
+                    outputs=["preservation.json", "preservation_cases.csv"],
+                )
+            )  # fmt: skip
+    ceiling = preservation_name(seed, REAL_MRI, "mri_test")
+    stages.append(
+        BundleStage(
+            ceiling, synthesis,
+            ["configs/inference.json", "configs/preservation.json", *prof],
+            {"read_real_mri": True, "mri_manifest": data["mri_manifest"], "mri_split": "mri_test",
+             "ct_manifest": data["ct_manifest"], **reader_overrides, "output_dir": out / ceiling,
+             "preservation_title": "reader on real mri_test"},
+            inputs=inputs, after=[reader],
+            outputs=["preservation.json", "preservation_cases.csv"],
+        )
+    )  # fmt: skip
     return stages
 
 
