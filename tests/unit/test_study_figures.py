@@ -10,7 +10,6 @@ resampled to line up), TensorBoard event files from ``SummaryWriter`` (and one m
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import nibabel as nib
@@ -363,17 +362,15 @@ def test_dsc_ordering_claim_needs_the_ci_to_exclude_zero(semi, unsupervised, cyc
 
 def test_paper_dsc_claim_is_judged_against_the_threshold():
     methods = ("tumour_aware_semi_supervised", "tumour_aware_unsupervised", "cyclegan")
-    below = evaluate_claims(_rows(dict.fromkeys(methods, [0.6, 0.6, 0.6])), _kl(GOOD_KL), [0, 1, 2])
-    above = evaluate_claims(
-        _rows(dict.fromkeys(methods, [0.9, 0.8, 0.85])), _kl(GOOD_KL), [0, 1, 2]
-    )
+    below = evaluate_claims(_rows({m: [0.6, 0.6, 0.6] for m in methods}), _kl(GOOD_KL), [0, 1, 2])
+    above = evaluate_claims(_rows({m: [0.9, 0.8, 0.85] for m in methods}), _kl(GOOD_KL), [0, 1, 2])
     assert {c["id"]: c["holds"] for c in below}["test_dsc_paper"] is False
     assert {c["id"]: c["holds"] for c in above}["test_dsc_paper"] is True
 
 
 def test_kl_ordering_claim():
     methods = ("tumour_aware_semi_supervised", "tumour_aware_unsupervised", "cyclegan")
-    rows = _rows(dict.fromkeys(methods, [0.5, 0.5, 0.5]))
+    rows = _rows({m: [0.5, 0.5, 0.5] for m in methods})
     ordered = evaluate_claims(rows, _kl(GOOD_KL), seeds=[0, 1, 2])[1]
     assert ordered["id"] == "tumour_kl_ordering" and ordered["holds"] is True
     mixed = _kl({"tumour_aware": [0.1, 0.9, 0.1], "masked_cyclegan": [0.3, 0.3, 0.3],
@@ -384,7 +381,7 @@ def test_kl_ordering_claim():
 
 def test_a_claim_without_data_fails():
     methods = ("tumour_aware_semi_supervised", "tumour_aware_unsupervised", "cyclegan")
-    rows = _rows(dict.fromkeys(methods, [0.5, 0.5, 0.5]))
+    rows = _rows({m: [0.5, 0.5, 0.5] for m in methods})
     kl = {model: {"per_case": {}} for model in GOOD_KL}  # an older run: pooled KL only
     claim = evaluate_claims(rows, kl, seeds=[0, 1, 2])[1]
     assert claim["holds"] is False
@@ -393,7 +390,7 @@ def test_a_claim_without_data_fails():
 
 def test_preservation_claim_from_per_case_dice():
     methods = ("tumour_aware_semi_supervised", "tumour_aware_unsupervised", "cyclegan")
-    rows = _rows(dict.fromkeys(methods, [0.5, 0.5, 0.5]))
+    rows = _rows({m: [0.5, 0.5, 0.5] for m in methods})
     preservation = {
         "tumour_aware": {"ct_test": {"per_case": _per_case([0.6, 0.55, 0.62])}},
         "cyclegan": {"ct_test": {"per_case": _per_case([0.3, 0.35, 0.28])}},
