@@ -1,7 +1,8 @@
 """`tumoraware demo` end to end with the tiny test profile on a tiny phantom world.
 
 The demo generates the world, then runs both bundles for every Table-1 method (3 synthesis
-models, 5 segmentation methods, 2 evaluation splits: 24 stages, about 1.5 min on 2 cores). The
+models, 7 segmentation methods, 2 evaluation splits) and the tumour-preservation score (3 models x
+2 CT splits, and the reader's ceiling): 37 stages. The
 first run is killed (SIGKILL to its whole process group, as a power cut would) once a few
 stages have finished; the second run must skip those by content hash and finish the rest; a
 third run must skip everything. Then the report's artefacts and numbers are checked.
@@ -21,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from tumoraware.pipeline.study import EVAL_SPLITS, METHODS
+from tumoraware.pipeline.study import EVAL_SPLITS, METHODS, PRESERVATION_SPLITS, REAL_MRI
 
 pytestmark = pytest.mark.slow
-N_STAGES = 3 * 3 + len(METHODS) * 3
+N_PRESERVATION = 3 * len(PRESERVATION_SPLITS) + 1  # the tiny world has a ct_test split
+N_STAGES = 3 * 3 + len(METHODS) * 3 + N_PRESERVATION
 FIRST_STAGES = ["cyclegan/train", "cyclegan/evaluate"]
 
 
@@ -86,6 +88,16 @@ def test_every_artefact_exists_and_every_number_is_in_range(study):
     assert all(math.isfinite(v["mean"]) and v["mean"] >= 0 for v in report["tumour_kl"].values())
     assert len(report["stages"]) == N_STAGES and all(s["wall_s"] > 0 for s in report["stages"])
     assert report["claims"] and all(isinstance(c["holds"], bool) for c in report["claims"])
+    assert {c["id"] for c in report["claims"]} >= {"preservation_ct_train", "preservation_ct_test"}
+    preservation = report["preservation"]
+    assert set(preservation) == {"tumour_aware", "cyclegan", "masked_cyclegan", REAL_MRI}
+    for model, splits in preservation.items():
+        expected = {"mri_test"} if model == REAL_MRI else set(PRESERVATION_SPLITS)
+        assert set(splits) == expected, model
+        for entry in splits.values():
+            assert all(0.0 <= v <= 1.0 for v in entry["dice"]["per_seed"])
+            assert entry["per_case"]["0"], model  # per-case Dice for the paired claims
+    assert "## Tumour preservation" in (out / "report.md").read_text()
     for key, figure in report["figures"].items():
         assert figure["status"] == "written", (key, figure)
         assert (out / figure["file"]).stat().st_size > 10_000, key

@@ -188,3 +188,39 @@ def test_segmentation_quality_tells_reading_from_guessing():
 def test_centre_excess_checks_shape():
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
         centre_excess(torch.zeros(1, 2, 8, 8))
+
+
+class TiedPainter(torch.nn.Module):
+    """Stands in for TiedTumourUNets: ``(x, domain) -> (logits, features)``."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.scale = torch.nn.Parameter(torch.ones(()))  # so it has a device
+
+    def forward(self, x, domain="ct"):
+        return self.net(x) * self.scale, x
+
+
+@pytest.mark.parametrize(("net", "leak"), [(CentrePainter(), True), (BrightReader(), False)])
+def test_tumour_network_check_flags_a_leak_and_can_fail_loudly(tmp_path, net, leak):
+    from tumoraware.engines.synthesis_validation import TumourNetworkCheck
+
+    images, labels = _crops()
+    output = {"image": images, "pred": images, "label": labels}
+    real = [{"image": images, "label": labels}]
+    check = TumourNetworkCheck(TiedPainter(net), real, output_json=tmp_path / "u.json")
+    engine = Engine(lambda e, batch: output)
+    check.attach(engine)
+    engine.run([0], max_epochs=1)
+    saved = json.loads((tmp_path / "u.json").read_text())
+    assert saved["leak"] is leak
+    assert engine.state.metrics["u_position_excess"] == pytest.approx(saved["max_excess"])
+    # on tumour-centred crops both look good: Dice alone cannot tell painting from reading
+    assert saved["u_mri"]["on_real_mri"]["dice"] > 0.5
+    if leak:
+        strict = TumourNetworkCheck(TiedPainter(net), real, fail_on_leak=True)
+        engine = Engine(lambda e, batch: output)
+        strict.attach(engine)
+        with pytest.raises(RuntimeError, match="POSITION LEAK"):
+            engine.run([0], max_epochs=1)
