@@ -414,8 +414,17 @@ def test_report_has_claims_and_figures(tmp_path):
     _write_numbers(tmp_path, 0, good, kl)
     _write_numbers(tmp_path, 1, {**good, "tumour_aware_semi_supervised": 0.78}, kl)
     _write_numbers(tmp_path, 2, {**good, "cyclegan": 0.80}, {**kl, "tumour_aware": 0.5})
+    check = {"leak": True, "max_excess": 0.35, "u_ct": {"on_ct": {"dice": 0.0}},
+             "u_mri": {"on_synthetic": {"dice": 0.1}, "on_real_mri": {"dice": 0.2}}}  # fmt: skip
+    (tmp_path / "seed0/synthesis/tumour_aware/evaluate/tumour_networks.json").write_text(
+        json.dumps(check)
+    )
     schedule = {"workers": 2, "threads_per_stage": 1, "cores": 2, "elapsed_s": 612.4}
     report = build_report(tmp_path, [0, 1, 2], [], "test", schedule)
+    assert report["tumour_networks"]["tumour_aware"] == [
+        {"seed": 0, "leak": True, "max_excess": 0.35, "u_ct_dice": 0.0,
+         "u_mri_synthetic_dice": 0.1, "u_mri_real_dice": 0.2}
+    ]  # fmt: skip
 
     saved = json.loads((tmp_path / "report.json").read_text())
     claims = {c["id"]: c for c in saved["claims"]}
@@ -431,6 +440,7 @@ def test_report_has_claims_and_figures(tmp_path):
     }  # fmt: skip
     markdown = (tmp_path / "report.md").read_text()
     assert "## Claims, with paired bootstrap 95 % confidence intervals" in markdown
+    assert "| tumour_aware | 0 | **LEAK** | 0.35 | 0.00 | 0.10 | 0.20 |" in markdown
     assert "| tumour_aware_semi_supervised ≥ 0.80 | +0.007 [" in markdown
     assert "(n = 3 seeds × 5 cases) | ✓ (claim **holds**) |" in markdown
     assert saved["schedule"] == schedule

@@ -128,6 +128,7 @@ def build_report(
             "per_case": {str(s): f.get("per_case", {}) for s, f in zip(seeds, files, strict=True)},
         }
     preservation = _preservation(out, seeds)
+    tumour_networks = _tumour_networks(out, seeds)
     claims = evaluate_claims(rows, kl, seeds, preservation)
     figures = _figures(out, seeds[0]) if seeds else {}
     stages = [  # a skipped stage's wall time is the one its earlier run recorded
@@ -140,6 +141,7 @@ def build_report(
         "rows": rows,
         "tumour_kl": kl,
         "preservation": preservation,
+        "tumour_networks": tumour_networks,
         "claims": claims,
         "figures": figures,
         "stages": stages,
@@ -192,6 +194,25 @@ def _preservation(out: Path, seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
         entry["by_site"] = files[0].get("by_site", {})
         entry["by_size"] = files[0].get("by_size", {})
         result.setdefault(model, {})[split] = entry
+    return result
+
+
+def _tumour_networks(out: Path, seeds: Sequence[int]) -> dict[str, list[dict[str, Any]]]:
+    """Per synthesis model with tumour networks, per seed: the position-leak verdict, the
+    largest centre excess and U_MRI's Dice on synthetic and on real MRI (``evaluate`` stage's
+    ``tumour_networks.json``; models without one are left out)."""
+    result: dict[str, list[dict[str, Any]]] = {}
+    for model in SYNTHESIS_MODELS:
+        for seed in seeds:
+            path = out / f"seed{seed}/synthesis/{model}/evaluate/tumour_networks.json"
+            if path.is_file():
+                check = _read(path)
+                result.setdefault(model, []).append({
+                    "seed": seed, "leak": bool(check["leak"]), "max_excess": check["max_excess"],
+                    "u_ct_dice": check["u_ct"]["on_ct"]["dice"],
+                    "u_mri_synthetic_dice": check["u_mri"]["on_synthetic"]["dice"],
+                    "u_mri_real_dice": check["u_mri"]["on_real_mri"]["dice"],
+                })  # fmt: skip
     return result
 
 
@@ -414,6 +435,30 @@ def _claims_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _tumour_networks_markdown(report: dict[str, Any]) -> str:
+    """Position-leak probes of U_CT / U_MRI, one row per model and seed."""
+    checks = report.get("tumour_networks") or {}
+    if not checks:
+        return ""
+    lines = [
+        "Position-leak probe of the tumour networks (U on constant and rolled crops; a leak = "
+        "the crop centre painted as tumour whatever the image holds):",
+        "",
+        "| Synthesis model | seed | Position leak | centre excess | U_CT Dice (CT) | "
+        "U_MRI Dice (synthetic) | U_MRI Dice (real MRI) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model, rows in checks.items():
+        for r in rows:
+            leak = "**LEAK**" if r["leak"] else "none"
+            lines.append(
+                f"| {model} | {r['seed']} | {leak} | {r['max_excess']:.2f} | "
+                f"{r['u_ct_dice']:.2f} | {r['u_mri_synthetic_dice']:.2f} | "
+                f"{r['u_mri_real_dice']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def _preservation_markdown(report: dict[str, Any]) -> str:
     """The preservation table: per model and CT split, Dice, detection and false-tumour rates
     (mean ± std over seeds), then the reader's ceiling on real MRI."""
@@ -476,7 +521,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"The week-one-only segmenter (real labelled MRI only) reads each model's synthetic MRI; "
         f"Dice against the CT label, tumours detected (≥ 10 % of the tumour covered), and "
         f"tumour-free CT slices on which it finds a tumour. Mean ± std over seeds.\n\n"
-        f"{_preservation_markdown(report)}\n"
+        f"{_preservation_markdown(report)}\n{_tumour_networks_markdown(report)}\n"
         f"## Claims, with paired bootstrap 95 % confidence intervals\n\n"
         f"Each comparison is the mean paired difference A − B over the same cases in every "
         f"seed, with a crossed bootstrap interval over cases and seeds. `>` / `<` hold when the "
