@@ -117,6 +117,8 @@ def main() -> None:
     for seed in seeds:
         for model in models:
             for option in options:
+                if "real_mri" in option and model != "tumour_aware":
+                    continue  # U_MRI's real-MRI term needs the tumour networks
                 new, run = stages_for(study, out, seed, model, option, args.profile,
                                       args.length, manifest)  # fmt: skip
                 stages += new

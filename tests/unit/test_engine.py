@@ -19,7 +19,9 @@ from tumoraware.engines import CycleGANEvents, CycleGANTrainer, ImagePool
 from tumoraware.losses import TumourAwareObjective
 from tumoraware.networks import ResnetGenerator, TiedTumourUNets, patch_discriminator
 
-LOSS_KEYS = {"loss_G", "loss_D", "loss_U", "adv_G", "cycle", "tumour", "feature", "identity"}
+LOSS_KEYS = {
+    "loss_G", "loss_D", "loss_U", "adv_G", "cycle", "tumour", "feature", "identity", "real_mri",
+}  # fmt: skip
 SIZE = 32
 
 
@@ -195,6 +197,8 @@ def test_one_iteration_returns_all_losses_finite_and_preview_images():
     for key in ("loss_G", "loss_D", "loss_U", "adv_G", "cycle", "tumour", "feature"):
         assert out[key] > 0, key
     assert out["identity"] == 0.0
+    assert out["real_mri"] == 0.0  # the paper's U objective has no real-MRI term
+    assert "mri_has_tumour" not in out  # unlabelled MRI: nothing to count
     images = out["images"]
     assert set(images) == {"ct", "fake_mri", "rec_ct", "label"}
     for key in ("ct", "fake_mri", "rec_ct", "label"):
@@ -409,3 +413,46 @@ def test_checkpoint_resume_continues_the_iteration_count(tmp_path):
     assert loaded == [(2, 1)]
     assert ran == [3, 4]
     assert resumed.state.epoch == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# U_MRI on labelled real MRI (ours, optional)
+
+
+def labelled_mri_batch() -> dict[str, torch.Tensor]:
+    return {**mri_batch(), "label": ct_batch()["label"]}
+
+
+def test_real_mri_term_trains_u_mri_on_labelled_real_mri():
+    real = [labelled_mri_batch()]
+    torch.manual_seed(0)
+    plain = build_trainer(u_sgd=True)  # SGD: Adam's first step is ±lr whatever the gradient
+    torch.manual_seed(0)  # the same networks and batches; only the real-MRI term differs
+    anchored = build_trainer(u_sgd=True, real_mri_loader=real, real_mri_weight=2.0)
+    plain.run()
+    anchored.run()
+    assert anchored.state.output["real_mri"] > 0
+    expected = plain.state.output["loss_U"] + 2.0 * anchored.state.output["real_mri"]
+    assert anchored.state.output["loss_U"] == pytest.approx(expected, rel=1e-5)
+    head = "u_mri.head.conv.conv.weight"
+    assert not torch.equal(
+        plain.tumour_nets.state_dict()[head], anchored.tumour_nets.state_dict()[head]
+    )
+    u_ct = "u_ct.head.conv.conv.weight"  # U_CT gets no real-MRI gradient
+    assert torch.equal(
+        plain.tumour_nets.state_dict()[u_ct], anchored.tumour_nets.state_dict()[u_ct]
+    )
+
+
+def test_real_mri_term_needs_tumour_networks_and_labels():
+    with pytest.raises(ValueError, match="needs tumour_nets"):
+        build_trainer(tumour=False, real_mri_loader=[labelled_mri_batch()])
+    trainer = build_trainer(real_mri_loader=[mri_batch()])
+    with pytest.raises(ValueError, match="need a 'label'"):
+        trainer.run()
+
+
+def test_labelled_mri_batches_report_whether_d_saw_a_tumour():
+    trainer = build_trainer(mri_loader=[labelled_mri_batch()])
+    trainer.run()
+    assert trainer.state.output["mri_has_tumour"] == 1.0
