@@ -30,15 +30,23 @@ from tumoraware.pipeline.schedule import run_stages
 from tumoraware.pipeline.stage import BundleStage
 from tumoraware.pipeline.study import PRESERVATION_SPLITS, READER, SYNTHESIS_MODELS
 
-OPTION_SETS = {
-    "paper": (),
-    "no_leak": ("configs/options/no_position_leak.json",),
-    "no_leak_real_mri": (
-        "configs/options/no_position_leak.json",
-        "configs/options/u_mri_real_mri.json",
+NO_LEAK = "configs/options/no_position_leak.json"
+REAL_MRI = "configs/options/u_mri_real_mri.json"
+OPTION_SETS: dict[str, tuple[tuple[str, ...], dict[str, object]]] = {
+    "paper": ((), {}),
+    "no_leak": ((NO_LEAK,), {}),
+    "no_leak_real_mri": ((NO_LEAK, REAL_MRI), {}),
+    "random_window": ((NO_LEAK,), {"synthesis_tumour_free_share": 0.0}),
+    "random_window_real_mri": ((NO_LEAK, REAL_MRI), {"synthesis_tumour_free_share": 0.0}),
+    "random_window_real_only": (
+        (NO_LEAK, REAL_MRI),
+        {"synthesis_tumour_free_share": 0.0, "u_mri_synthetic_weight": 0.0},
     ),
+    "resize_conv": (("configs/options/resize_conv.json",), {}),
+    "spectral_norm": (("configs/options/spectral_norm_d.json",), {}),
 }
-"""Option files of the synthesis bundle, applied after the model's baseline file."""
+"""Option files of the synthesis bundle (applied after the model's baseline file) and extra
+``--id value`` overrides of each option set."""
 
 
 def stages_for(
@@ -49,7 +57,8 @@ def stages_for(
     folder of this (seed, model, option)."""
     synthesis = default_bundles_dir() / "lung_ct2mri_synthesis"
     segmentation = default_bundles_dir() / "lung_mri_tumor_segmentation"
-    configs = [*SYNTHESIS_MODELS[model], *OPTION_SETS[option], f"configs/profiles/{profile}.json"]
+    files, extra = OPTION_SETS[option]
+    configs = [*SYNTHESIS_MODELS[model], *files, f"configs/profiles/{profile}.json"]
     data = {"ct_manifest": manifest, "mri_manifest": manifest}
     stages: list[BundleStage] = []
     if option == "paper" and length == 1:
@@ -65,14 +74,14 @@ def stages_for(
         stages.append(BundleStage(
             str(run.relative_to(out) / "train"), synthesis, ["configs/train.json", *configs],
             {**data, "ckpt_dir": models, "output_dir": run / "train" / "runs", "seed": seed,
-             **epochs},
+             **epochs, **extra},
             inputs=[manifest], outputs=["models/model.pt", "models/checkpoint_final.pt"],
         ))  # fmt: skip
         after = [stages[0].name]
     name = str(run.relative_to(out))
     stages.append(BundleStage(
         f"{name}/evaluate", synthesis, ["configs/train.json", "configs/evaluate.json", *configs],
-        {**data, "ckpt_dir": models, "output_dir": run / "evaluate", "seed": seed},
+        {**data, "ckpt_dir": models, "output_dir": run / "evaluate", "seed": seed, **extra},
         inputs=[manifest], after=after, outputs=["tumour_kl.json"],
     ))  # fmt: skip
     reader = {
@@ -84,7 +93,7 @@ def stages_for(
         stages.append(BundleStage(
             f"{name}/preserve_{split}", synthesis,
             ["configs/inference.json", "configs/preservation.json", *SYNTHESIS_MODELS[model],
-             f"configs/profiles/{profile}.json"],
+             *(f for f in files if "resize" in f), f"configs/profiles/{profile}.json"],
             {"ct_manifest": manifest, "ct_split": split, "ckpt_path": models / "model.pt",
              **reader, "output_dir": run / f"preserve_{split}"},
             inputs=[manifest], after=after, outputs=["preservation.json"],
@@ -117,7 +126,7 @@ def main() -> None:
     for seed in seeds:
         for model in models:
             for option in options:
-                if "real_mri" in option and model != "tumour_aware":
+                if ("real_mri" in option or "real_only" in option) and model != "tumour_aware":
                     continue  # U_MRI's real-MRI term needs the tumour networks
                 new, run = stages_for(study, out, seed, model, option, args.profile,
                                       args.length, manifest)  # fmt: skip

@@ -301,3 +301,33 @@ def test_patch_discriminator_receptive_field_is_70():
     rows, cols = torch.nonzero(x.grad[0, 0], as_tuple=True)
     assert rows.max() - rows.min() + 1 == 70
     assert cols.max() - cols.min() + 1 == 70
+
+
+def test_resize_conv_generator_keeps_shapes_and_layer_names():
+    from tumoraware.networks import ResnetGenerator
+
+    deconv = ResnetGenerator(1, 1, ngf=8, n_blocks=1)
+    resize = ResnetGenerator(1, 1, ngf=8, n_blocks=1, upsample_mode="resize")
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    assert resize(x).shape == deconv(x).shape == x.shape
+    assert [n for n, _ in resize.model.named_children()] == [
+        n for n, _ in deconv.model.named_children()
+    ]
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in resize.modules())
+    with pytest.raises(ValueError, match="upsample_mode"):
+        ResnetGenerator(upsample_mode="bilinear")
+
+
+def test_spectral_norm_discriminator_bounds_every_conv():
+    from tumoraware.networks import patch_discriminator
+
+    plain = patch_discriminator(1, channels=8, num_layers_d=2)
+    normed = patch_discriminator(1, channels=8, num_layers_d=2, spectral_norm=True)
+    convs = [m for m in normed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(hasattr(m, "parametrizations") for m in convs)
+    assert not any(hasattr(m, "parametrizations") for m in plain.modules())
+    for conv in convs:  # largest singular value of each reshaped weight ~ 1 after a few calls
+        for _ in range(20):
+            conv.train()(torch.zeros(1, conv.in_channels, 16, 16))
+        sigma = float(torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2))
+        assert sigma == pytest.approx(1.0, abs=0.1)

@@ -150,6 +150,10 @@ class CycleGANTrainer(Trainer):
             U_MRI's real-MRI term, cycled like ``mri_data_loader``; ``None`` (the paper) leaves
             the term out. Needs tumour networks.
         real_mri_weight: weight of that term in the U objective.
+        u_mri_synthetic_weight: weight of U_MRI's BCE on ``G(x_c)`` in the U objective (1, the
+            paper; ours: 0 with ``real_mri_loader`` makes U_MRI a detector of real-MRI tumours
+            that G must satisfy, not a partner that learns G's code). Uses plain BCE terms
+            instead of ``tumour_loss`` when not 1.
         adversarial_loss: ``loss(logits, target_is_real, for_discriminator)``; default MONAI's
             ``PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)``
             (LSGAN, as the reference CycleGAN).
@@ -200,6 +204,7 @@ class CycleGANTrainer(Trainer):
         u_optimizer: Optimizer | None = None,
         real_mri_loader: Iterable | DataLoader | None = None,
         real_mri_weight: float = 1.0,
+        u_mri_synthetic_weight: float = 1.0,
         adversarial_loss: Callable | None = None,
         cycle_loss: Callable | None = None,
         tumour_loss: Callable | None = None,
@@ -259,6 +264,7 @@ class CycleGANTrainer(Trainer):
         self.mri_data_loader = mri_data_loader
         self.real_mri_loader = real_mri_loader
         self.real_mri_weight = float(real_mri_weight)
+        self.u_mri_synthetic_weight = float(u_mri_synthetic_weight)
         self.g_ct2mri, self.g_mri2ct = g_ct2mri, g_mri2ct
         self.d_mri, self.d_ct = d_mri, d_ct
         self.tumour_nets = tumour_nets
@@ -478,9 +484,15 @@ class CycleGANTrainer(Trainer):
             engine.u_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
             with self._autocast(engine):
                 logits_mri, phi_mri = tumour_nets(fake_mri[:, :1], domain="mri")
+                if engine.u_mri_synthetic_weight == 1.0:
+                    tumour_u = engine.tumour_loss(u_ct[0], logits_mri, y_c)
+                else:  # ours: U_MRI learns less (or nothing) from G's own synthetic MRI
+                    tumour_u = F.binary_cross_entropy_with_logits(u_ct[0], y_c) + (
+                        engine.u_mri_synthetic_weight
+                        * F.binary_cross_entropy_with_logits(logits_mri, y_c)
+                    )
                 loss_u = engine.objective.tumour_network_loss(
-                    engine.tumour_loss(u_ct[0], logits_mri, y_c),
-                    engine.feature_loss(u_ct[1], phi_mri),
+                    tumour_u, engine.feature_loss(u_ct[1], phi_mri)
                 )
                 if engine.real_mri_loader is not None:
                     x_r, y_r = self._prepare(engine, engine._next_batch("real_mri"), "real MRI")

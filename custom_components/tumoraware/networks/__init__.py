@@ -7,9 +7,12 @@
 """
 
 from monai.networks.nets import PatchDiscriminator
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from tumoraware.networks.resnet_generator import (
     PADDING_MODES,
+    UPSAMPLE_MODES,
     ResnetBlock,
     ResnetGenerator,
     init_weights,
@@ -26,6 +29,7 @@ __all__ = [
     "DOMAINS",
     "FEATURE_TAPS",
     "PADDING_MODES",
+    "UPSAMPLE_MODES",
     "ResnetBlock",
     "ResnetGenerator",
     "TiedTumourUNets",
@@ -37,7 +41,7 @@ __all__ = [
 
 
 def patch_discriminator(
-    in_channels: int = 1, channels: int = 64, num_layers_d: int = 3
+    in_channels: int = 1, channels: int = 64, num_layers_d: int = 3, spectral_norm: bool = False
 ) -> PatchDiscriminator:
     """The CycleGAN 70 x 70 PatchGAN discriminator, as MONAI's ``PatchDiscriminator``.
 
@@ -51,6 +55,9 @@ def patch_discriminator(
         in_channels: image channels (1).
         channels: filters of the first conv (``ndf``), doubled in each following layer.
         num_layers_d: convs between the first and the last (3 for the 70 x 70 PatchGAN).
+        spectral_norm: ours, not the paper's: every conv weight under
+            :func:`torch.nn.utils.parametrizations.spectral_norm` (Miyato et al., ICLR 2018), which
+            bounds D's Lipschitz constant and so how sharply it can push G.
 
     Returns:
         A :class:`monai.networks.nets.PatchDiscriminator`. Its ``forward`` returns a **list**:
@@ -60,7 +67,7 @@ def patch_discriminator(
         intermediate feature map for the output of another discriminator (multi-scale) and
         average the loss over all of them.
     """
-    return PatchDiscriminator(
+    network = PatchDiscriminator(
         spatial_dims=2,
         channels=channels,
         in_channels=in_channels,
@@ -69,3 +76,8 @@ def patch_discriminator(
         kernel_size=4,
         norm="INSTANCE",
     )
+    if spectral_norm:
+        for module in network.modules():
+            if isinstance(module, nn.Conv2d):
+                _spectral_norm(module)
+    return network

@@ -36,10 +36,15 @@ from torch import nn
 
 from tumoraware.networks._checks import check_2d_input
 
-__all__ = ["PADDING_MODES", "ResnetBlock", "ResnetGenerator", "init_weights"]
+__all__ = ["PADDING_MODES", "UPSAMPLE_MODES", "ResnetBlock", "ResnetGenerator", "init_weights"]
 
 PADDING_MODES = ("reflect", "replicate", "zeros")
 """Padding of the stride-1 convs: ``"reflect"`` (the reference), ``"replicate"``, ``"zeros"``."""
+
+UPSAMPLE_MODES = ("deconv", "resize")
+"""``u_k`` layers: 3x3 transposed convs (the reference) or resize-convolution (ours: nearest 2x
+upsampling, then a 3x3 conv; Odena et al., "Deconvolution and checkerboard artifacts", Distill
+2016), which cannot produce the transposed conv's checkerboard."""
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:
@@ -159,6 +164,8 @@ class ResnetGenerator(nn.Module):
         n_downsampling: stride-2 convs (and as many transposed convs back up).
         dropout: dropout probability inside the residual blocks (0 in the reference CycleGAN).
         padding_mode: padding before the stride-1 convs, one of :data:`PADDING_MODES`.
+        upsample_mode: ``"deconv"`` (the reference) or ``"resize"`` (ours), see
+            :data:`UPSAMPLE_MODES`; the same shapes and, as ``u_k``, the same layer names.
 
     Shapes:
         ``(B, in_channels, H, W) -> (B, out_channels, H, W)``, values in [-1, 1]. ``H`` and ``W``
@@ -180,8 +187,13 @@ class ResnetGenerator(nn.Module):
         n_downsampling: int = 2,
         dropout: float = 0.0,
         padding_mode: str = "reflect",
+        upsample_mode: str = "deconv",
     ) -> None:
         super().__init__()
+        if upsample_mode not in UPSAMPLE_MODES:
+            raise ValueError(
+                f"upsample_mode must be one of {UPSAMPLE_MODES}, got {upsample_mode!r}."
+            )
         for name, value, low in (
             ("in_channels", in_channels, 1),
             ("out_channels", out_channels, 1),
@@ -213,12 +225,21 @@ class ResnetGenerator(nn.Module):
         c_res = ngf * 2**n_downsampling
         for i in range(n_blocks):
             layers[f"R{c_res}_{i + 1}"] = ResnetBlock(c_res, padding_mode, dropout)
-        # u_k: 3x3 transposed conv, stride 1/2, InstanceNorm, ReLU; channels halve.
+        # u_k: 3x3 transposed conv, stride 1/2 (or 2x nearest resize + 3x3 conv), InstanceNorm,
+        # ReLU; channels halve.
         for i in range(n_downsampling, 0, -1):
             c_in, c_out = ngf * 2**i, ngf * 2 ** (i - 1)
-            layers[f"u{c_out}"] = _conv_in_relu(
-                c_in, c_out, 3, stride=2, padding=1, transposed=True
-            )
+            if upsample_mode == "deconv":
+                layers[f"u{c_out}"] = _conv_in_relu(
+                    c_in, c_out, 3, stride=2, padding=1, transposed=True
+                )
+            else:
+                pad1, conv_padding1 = _pad_then_conv(padding_mode, 1)
+                layers[f"u{c_out}"] = nn.Sequential(
+                    nn.Upsample(scale_factor=2, mode="nearest"),
+                    *pad1,
+                    _conv_in_relu(c_in, c_out, 3, padding=conv_padding1),
+                )
         # c7s1-out: 7x7 conv to the output channels, no norm, tanh.
         layers["c7s1_out"] = nn.Sequential(
             *pad7_out,
