@@ -42,6 +42,11 @@ OPTION_SETS: dict[str, tuple[tuple[str, ...], dict[str, object]]] = {
         (NO_LEAK, REAL_MRI),
         {"synthesis_tumour_free_share": 0.0, "u_mri_synthetic_weight": 0.0},
     ),
+    "random_window_pretrained": (
+        (NO_LEAK, REAL_MRI, "configs/options/pretrained_u_mri.json"),
+        {"synthesis_tumour_free_share": 0.0},
+    ),
+    "no_leak_pretrained": ((NO_LEAK, REAL_MRI, "configs/options/pretrained_u_mri.json"), {}),
     "resize_conv": (("configs/options/resize_conv.json",), {}),
     "spectral_norm": (("configs/options/spectral_norm_d.json",), {}),
 }
@@ -126,7 +131,8 @@ def main() -> None:
     for seed in seeds:
         for model in models:
             for option in options:
-                if ("real_mri" in option or "real_only" in option) and model != "tumour_aware":
+                needs_u = ("real_mri", "real_only", "pretrained")
+                if any(n in option for n in needs_u) and model != "tumour_aware":
                     continue  # U_MRI's real-MRI term needs the tumour networks
                 new, run = stages_for(study, out, seed, model, option, args.profile,
                                       args.length, manifest)  # fmt: skip

@@ -456,3 +456,40 @@ def test_labelled_mri_batches_report_whether_d_saw_a_tumour():
     trainer = build_trainer(mri_loader=[labelled_mri_batch()])
     trainer.run()
     assert trainer.state.output["mri_has_tumour"] == 1.0
+
+
+def test_pretrained_u_mri_is_trained_first_then_frozen():
+    from tumoraware.engines.u_mri_pretraining import UMRIPretraining
+
+    trainer = build_trainer(freeze_u_mri=True, u_sgd=True, max_epochs=2)
+    nets = trainer.tumour_nets
+    initial = {k: v.clone() for k, v in nets.state_dict().items()}
+    pretraining = UMRIPretraining(nets, [labelled_mri_batch()], iterations=5)
+    pretraining.attach(trainer)
+    after_pretraining = {}
+    trainer.add_event_handler(  # runs after the pre-training, before the first iteration
+        Events.STARTED, lambda _: after_pretraining.update(
+            {k: v.clone() for k, v in nets.state_dict().items()})
+    )  # fmt: skip
+    trainer.run()
+    state = nets.state_dict()
+    assert len(pretraining.losses) == 5
+    mri_head = "u_mri.head.conv.conv.weight"
+    assert not torch.equal(initial[mri_head], after_pretraining[mri_head])  # pre-trained
+    for key in state:
+        if key.startswith("u_mri."):  # frozen during synthesis (the tied block included)
+            assert torch.equal(state[key], after_pretraining[key]), key
+    ct_head = "u_ct.head.conv.conv.weight"
+    assert not torch.equal(state[ct_head], after_pretraining[ct_head])  # U_CT still learns
+
+
+def test_pretraining_is_skipped_on_resume():
+    from tumoraware.engines.u_mri_pretraining import UMRIPretraining
+
+    trainer = build_trainer(freeze_u_mri=True)
+    pretraining = UMRIPretraining(trainer.tumour_nets, [labelled_mri_batch()], iterations=3)
+    pretraining.attach(trainer)
+    trainer.add_event_handler(Events.STARTED, lambda e: None)
+    trainer.state.iteration = 7  # as CheckpointLoader leaves it before the loop starts
+    pretraining.pretrain(trainer)
+    assert pretraining.losses == []

@@ -154,6 +154,10 @@ class CycleGANTrainer(Trainer):
             paper; ours: 0 with ``real_mri_loader`` makes U_MRI a detector of real-MRI tumours
             that G must satisfy, not a partner that learns G's code). Uses plain BCE terms
             instead of ``tumour_loss`` when not 1.
+        freeze_u_mri: ours: U_MRI (with the penultimate block it shares with U_CT) is never
+            updated; U's objective keeps U_CT's BCE and the feature loss towards the fixed
+            φ_MRI. For a U_MRI pre-trained on real MRI
+            (:class:`~tumoraware.engines.u_mri_pretraining.UMRIPretraining`).
         adversarial_loss: ``loss(logits, target_is_real, for_discriminator)``; default MONAI's
             ``PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)``
             (LSGAN, as the reference CycleGAN).
@@ -205,6 +209,7 @@ class CycleGANTrainer(Trainer):
         real_mri_loader: Iterable | DataLoader | None = None,
         real_mri_weight: float = 1.0,
         u_mri_synthetic_weight: float = 1.0,
+        freeze_u_mri: bool = False,
         adversarial_loss: Callable | None = None,
         cycle_loss: Callable | None = None,
         tumour_loss: Callable | None = None,
@@ -265,6 +270,9 @@ class CycleGANTrainer(Trainer):
         self.real_mri_loader = real_mri_loader
         self.real_mri_weight = float(real_mri_weight)
         self.u_mri_synthetic_weight = float(u_mri_synthetic_weight)
+        if freeze_u_mri and tumour_nets is None:
+            raise ValueError("freeze_u_mri needs tumour_nets.")
+        self.freeze_u_mri = bool(freeze_u_mri)
         self.g_ct2mri, self.g_mri2ct = g_ct2mri, g_mri2ct
         self.d_mri, self.d_ct = d_mri, d_ct
         self.tumour_nets = tumour_nets
@@ -482,9 +490,14 @@ class CycleGANTrainer(Trainer):
         # (c) tumour networks on the CT image and the (detached) synthetic MRI of step (a)
         if tumour_nets is not None:
             engine.u_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+            if engine.freeze_u_mri:  # its weights (and the tied block) stay as pre-trained
+                getattr(tumour_nets, "module", tumour_nets).u_mri.requires_grad_(False)
             with self._autocast(engine):
                 logits_mri, phi_mri = tumour_nets(fake_mri[:, :1], domain="mri")
-                if engine.u_mri_synthetic_weight == 1.0:
+                if engine.freeze_u_mri:
+                    tumour_u = F.binary_cross_entropy_with_logits(u_ct[0], y_c)
+                    phi_mri = phi_mri.detach()
+                elif engine.u_mri_synthetic_weight == 1.0:
                     tumour_u = engine.tumour_loss(u_ct[0], logits_mri, y_c)
                 else:  # ours: U_MRI learns less (or nothing) from G's own synthetic MRI
                     tumour_u = F.binary_cross_entropy_with_logits(u_ct[0], y_c) + (
@@ -494,7 +507,7 @@ class CycleGANTrainer(Trainer):
                 loss_u = engine.objective.tumour_network_loss(
                     tumour_u, engine.feature_loss(u_ct[1], phi_mri)
                 )
-                if engine.real_mri_loader is not None:
+                if engine.real_mri_loader is not None and not engine.freeze_u_mri:
                     x_r, y_r = self._prepare(engine, engine._next_batch("real_mri"), "real MRI")
                     if y_r is None:
                         raise ValueError("real_mri_loader batches need a 'label'.")
