@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument("--profile", default="demo")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--baseline", default="cyclegan/paper", help="model/option to pair with")
+    parser.add_argument(
+        "--report_only", action="store_true", help="tabulate what is on disk, run nothing"
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     models, options = args.models.split(","), args.options.split(",")
@@ -138,12 +141,14 @@ def main() -> None:
                                       args.length, manifest)  # fmt: skip
                 stages += new
                 runs.setdefault((model, option), {})[seed] = run
-    run_stages(stages, out, workers=args.workers, progress=True)
+    if not args.report_only:
+        run_stages(stages, out, workers=args.workers, progress=True)
 
     result: dict[str, dict] = {}
     per_case: dict[tuple[str, str, str], dict[int, dict[str, float]]] = {}
+    suffix = "" if args.length == 1 else f"_x{args.length:g}"
     for (model, option), by_seed in runs.items():
-        key = f"{model}/{option}"
+        key = f"{model}/{option}{suffix}"
         entry: dict[str, dict] = {}
         for split in PRESERVATION_SPLITS:
             files = {seed: _read(run, split) for seed, run in by_seed.items()}
@@ -174,7 +179,8 @@ def main() -> None:
           + f"  {'detect(test)':>12s} {'false(test)':>11s} {'U excess':>9s} {'U_MRI real':>10s}"
           + f"   Δ vs {args.baseline} on ct_train / ct_test [95% CI]")  # fmt: skip
     for (model, option), _ in runs.items():
-        key, entry = f"{model}/{option}", result[f"{model}/{option}"]
+        key = f"{model}/{option}{suffix}"
+        entry = result[key]
         cells = [f"{np.mean(entry[s]['dice']):.3f}±{np.std(entry[s]['dice']):.3f}"
                  for s in PRESERVATION_SPLITS]  # fmt: skip
         u = entry.get("u_checks", {})
@@ -196,8 +202,12 @@ def main() -> None:
             + f" {np.mean(u.get('u_mri_real_dice', [np.nan])):10.3f}   "
             + " / ".join(deltas)
         )
-    summary = {"seeds": seeds, "length": args.length, "profile": args.profile, "results": result}
-    write_json_atomic(out / "ablation.json", summary)
+    path = out / "ablation.json"  # results of earlier invocations are kept, same keys replaced
+    summary = json.loads(path.read_text()) if path.is_file() else {"results": {}}
+    for entry in result.values():
+        entry.update(seeds=seeds, profile=args.profile, length=args.length)
+    summary["results"].update(result)
+    write_json_atomic(path, summary)
     print(f"\nablation: {out / 'ablation.json'}")
 
 
