@@ -116,6 +116,7 @@ def test_writer_reports_per_case_by_site_and_size(tmp_path):
     def item(pred, name):
         meta = {"filename_or_obj": f"/data/{name}_image.nii.gz"}
         return {
+            "image": torch.as_tensor(label)[None].float() * 2 - 1,
             "pred": MetaTensor(torch.as_tensor(pred)[None].float(), affine=affine, meta=meta),
             "label": MetaTensor(torch.as_tensor(label)[None].float(), affine=affine, meta=meta),
         }
@@ -130,7 +131,7 @@ def test_writer_reports_per_case_by_site_and_size(tmp_path):
         return batch[0]
 
     engine = Engine(step)
-    writer = TumourPreservationWriter(tmp_path, title="test")
+    writer = TumourPreservationWriter(tmp_path, title="test", panels=tmp_path / "panels.png")
     writer.attach(engine)
     engine.run(batches, max_epochs=1)
     summary = json.loads((tmp_path / "preservation.json").read_text())
@@ -141,6 +142,7 @@ def test_writer_reports_per_case_by_site_and_size(tmp_path):
     assert [r["case"] for r in rows] == ["a_image", "b_image"]
     assert float(rows[0]["tumour_cc"]) == pytest.approx(label.sum() * 20 / 1000)
     assert engine.state.metrics["preservation_detection_rate"] == pytest.approx(0.5)
+    assert (tmp_path / "panels.png").stat().st_size > 10_000  # two cases x two slices
 
 
 class CentrePainter(torch.nn.Module):

@@ -10,7 +10,10 @@ the reader's binarised prediction ``pred`` and the tumour ``label`` on one grid 
   site and by size class, plus the per-case rows;
 
 and publishes ``preservation_dice``, ``preservation_detection_rate`` and
-``preservation_false_tumour_rate`` in ``engine.state.metrics``.
+``preservation_false_tumour_rate`` in ``engine.state.metrics``. With ``panels`` it also draws
+what the reader read (``preservation_panels.png``): per case, the slice with the largest tumour
+and the tumour-free slice where the reader marked most, the image with the label (red) and the
+reader's prediction (yellow), shown radiologically.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from tumoraware.metrics.preservation import (
     preservation_counts,
     summarise_preservation,
 )
+from tumoraware.visualize import save_contour_grid
 
 __all__ = ["TumourPreservationWriter", "size_class"]
 
@@ -84,7 +88,10 @@ class TumourPreservationWriter:
         title: what was read (e.g. ``"tumour_aware on ct_test"``), stored in the JSON.
         detection_coverage: see :func:`~tumoraware.metrics.preservation.preservation_counts`.
         size_bins_cc: tumour-volume class edges in cc.
-        pred_key, label_key, image_key: output keys of the prediction, label and image.
+        pred_key, label_key, image_key: output keys of the prediction, label and the image the
+            reader read (the synthetic MRI; shown in the panels).
+        panels: path of the PNG of reader panels, or ``None`` for none.
+        max_panel_cases: cases shown in the panels (evenly spread over all cases).
     """
 
     def __init__(
@@ -96,8 +103,13 @@ class TumourPreservationWriter:
         pred_key: str = "pred",
         label_key: str = "label",
         image_key: str = "image",
+        panels: str | os.PathLike | None = None,
+        max_panel_cases: int = 8,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.panels = Path(panels) if panels else None
+        self.max_panel_cases = int(max_panel_cases)
+        self._panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, str]] = []
         self.title = str(title)
         self.detection_coverage = float(detection_coverage)
         self.size_bins_cc = tuple(float(b) for b in size_bins_cc)
@@ -112,6 +124,7 @@ class TumourPreservationWriter:
 
     def reset(self, engine: Engine | None = None) -> None:
         self.rows.clear()
+        self._panels.clear()
         self._namer.reset()
 
     def iteration_completed(self, engine: Engine) -> None:
@@ -121,6 +134,9 @@ class TumourPreservationWriter:
             label = _item(case, self.label_key, type(self).__name__)
             name = self._namer(_source(case, (self.label_key, self.pred_key, self.image_key)))
             counts = preservation_counts(pred, label, self.detection_coverage, source=name)
+            if self.panels is not None and self.image_key in case:
+                self._panels.append((name, *_panel_slices(case[self.image_key], pred, label),
+                                     f"Dice {counts['dice']:.2f}"))  # fmt: skip
             volume = counts["tumour_voxels"] * _voxel_cc(label)
             self.rows.append(
                 {
@@ -138,6 +154,21 @@ class TumourPreservationWriter:
         for row in self.rows:
             groups.setdefault(str(row[key]), []).append(row)
         return {name: summarise_preservation(rows) for name, rows in sorted(groups.items())}
+
+    def _save_panels(self) -> None:
+        count = min(self.max_panel_cases, len(self._panels))
+        chosen = [self._panels[i] for i in np.linspace(0, len(self._panels) - 1, count).astype(int)]
+        images = np.stack([c[1] for c in chosen])
+        save_contour_grid(
+            self.panels,
+            images,
+            {"CT label": np.stack([c[2] for c in chosen]),
+             "reader": np.stack([c[3] for c in chosen])},
+            {"CT label": "red", "reader": "yellow"},
+            column_titles=["largest tumour slice", "tumour-free slice"],
+            row_titles=[c[0] for c in chosen],
+            panel_text=[[c[4], ""] for c in chosen],
+        )  # fmt: skip
 
     def completed(self, engine: Engine) -> dict[str, Any]:
         overall = summarise_preservation(self.rows)
@@ -161,6 +192,8 @@ class TumourPreservationWriter:
         for key in ("dice", "detection_rate", "false_tumour_rate"):
             if key in overall:
                 engine.state.metrics[f"preservation_{key}"] = overall[key]
+        if self.panels is not None and self._panels:
+            self._save_panels()
         if self.rows:
             logger.info(
                 "tumour preservation%s: n=%d, Dice %.3f, detected %.0f%%, false tumours on "
@@ -172,6 +205,26 @@ class TumourPreservationWriter:
                 100 * overall["false_tumour_rate"],
             )
         return summary
+
+
+def _slice(x: Any, index: int) -> np.ndarray:
+    """Slice ``index`` (last axis) of the last channel of ``(C, H, W, D)``, displayed
+    radiologically (RAS rows/columns → patient's right on the left, anterior up)."""
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return np.flip(arr[-1, :, :, index], (0, 1)).T.astype(np.float32)
+
+
+def _panel_slices(image: Any, pred: Any, label: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(image, label, pred)`` arrays ``(2, H', W')``: the largest-tumour slice, and the
+    tumour-free slice with the most predicted voxels (the largest tumour slice again if none)."""
+    t = (label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else label)[-1] > 0.5
+    p = (pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else pred)[-1] > 0.5
+    areas = t.sum((0, 1))
+    tumour = int(np.argmax(areas))
+    free = np.flatnonzero(areas == 0)
+    other = int(free[np.argmax(p.sum((0, 1))[free])]) if free.size else tumour
+    picks = (tumour, other)
+    return tuple(np.stack([_slice(x, i) for i in picks]) for x in (image, label, pred))  # type: ignore[return-value]
 
 
 def _finite(x: Any) -> Any:

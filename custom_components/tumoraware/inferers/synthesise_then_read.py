@@ -32,26 +32,39 @@ class SynthesiseThenReadInferer(Inferer):
             ``SliceInferer(roi_size=region, spatial_dim=2)``.
         reader_inferer: runs the reader over the synthetic MRI, e.g. a ``SliceInferer`` with the
             reader's window and overlap.
+        append_synthetic: also return the synthetic MRI as one more channel after the logits
+            (split it off in postprocessing, e.g. for figures of what the reader read).
 
     Shapes:
         ``__call__(inputs, network)``: ``(B, C, H, W, D)`` CT (``C = 2`` for the masked
-        CycleGAN: image + mask channel) → reader logits ``(B, K, H, W, D)``. Only the first
+        CycleGAN: image + mask channel) → reader logits ``(B, K, H, W, D)`` (``K + 1`` channels
+        with ``append_synthetic``, the last the synthetic MRI). Only the first
         output channel of G (the synthetic image) reaches the reader. With
         ``network = torch.nn.Identity()`` the reader reads the input itself (its ceiling on
         real MRI).
     """
 
-    def __init__(self, reader: nn.Module, synthesis_inferer: Inferer, reader_inferer: Inferer):
+    def __init__(
+        self,
+        reader: nn.Module,
+        synthesis_inferer: Inferer,
+        reader_inferer: Inferer,
+        append_synthetic: bool = False,
+    ) -> None:
         super().__init__()
         self.reader = reader
         self.synthesis_inferer = synthesis_inferer
         self.reader_inferer = reader_inferer
+        self.append_synthetic = bool(append_synthetic)
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
         self.reader.eval()
         with torch.no_grad():
             synthetic = self.synthesis_inferer(inputs, network, *args, **kwargs)[:, :1]
-            return self.reader_inferer(synthetic, self.reader)
+            logits = self.reader_inferer(synthetic, self.reader)
+            if self.append_synthetic:
+                return torch.cat([logits, synthetic.to(logits.dtype)], dim=1)
+            return logits
 
 
 def load_reader(
