@@ -476,6 +476,18 @@ def _preservation_markdown(report: dict[str, Any]) -> str:
                      for k in ("dice", "detection_rate", "false_tumour_rate")]  # fmt: skip
             title = "reader's ceiling: real MRI" if model == REAL_MRI else model
             lines.append(f"| {title} | {split} | " + " | ".join(cells) + " |")
+    first = report["seeds"][0] if report.get("seeds") else None
+    panels = [
+        (model, f"{preservation_name(first, model, split)}/preservation_panels.png")
+        for model, splits in preservation.items()
+        for split in splits
+        if first is not None and split == PRESERVATION_SPLITS[-1]
+    ]
+    if panels:
+        links = ", ".join(f"[{m}]({path})" for m, path in panels)
+        split = PRESERVATION_SPLITS[-1]
+        lines += ["", f"What the reader read (seed {first}, {split}; CT label red, reader "
+                  f"yellow): {links}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
