@@ -47,6 +47,18 @@ OPTION_SETS: dict[str, tuple[tuple[str, ...], dict[str, object]]] = {
         {"synthesis_tumour_free_share": 0.0},
     ),
     "no_leak_pretrained": ((NO_LEAK, REAL_MRI, "configs/options/pretrained_u_mri.json"), {}),
+    "random_window_pretrained_nowarm": (
+        (NO_LEAK, REAL_MRI, "configs/options/pretrained_u_mri.json"),
+        {
+            "synthesis_tumour_free_share": 0.0,
+            "tumour_hold_iterations": 0,
+            "tumour_ramp_iterations": 0,
+        },
+    ),
+    "no_leak_pretrained_nowarm": (
+        (NO_LEAK, REAL_MRI, "configs/options/pretrained_u_mri.json"),
+        {"tumour_hold_iterations": 0, "tumour_ramp_iterations": 0},
+    ),
     "resize_conv": (("configs/options/resize_conv.json",), {}),
     "spectral_norm": (("configs/options/spectral_norm_d.json",), {}),
 }
