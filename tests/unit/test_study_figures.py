@@ -30,7 +30,14 @@ from tumoraware.pipeline.figures import (
     write_loss_curves,
 )
 from tumoraware.pipeline.report import build_report, evaluate_claims
-from tumoraware.pipeline.study import EVAL_SPLITS, METHODS, SYNTHESIS_MODELS
+from tumoraware.pipeline.study import (
+    EVAL_SPLITS,
+    METHODS,
+    PRESERVATION_SPLITS,
+    REAL_MRI,
+    SYNTHESIS_MODELS,
+    preservation_name,
+)
 
 CT_SHAPE, CT_SPACING, CT_ORIGIN = (40, 40, 8), (1.0, 1.0, 3.0), (-20.0, -20.0, 0.0)
 CROP_SHAPE, CROP_SPACING, CROP_ORIGIN = (16, 16, 8), (1.5, 1.5, 3.0), (-9.25, -11.25, 0.0)
@@ -175,6 +182,22 @@ def _write_numbers(root: Path, seed: int, dsc: dict[str, float], kl: dict[str, f
         (folder / "tumour_kl.json").write_text(
             json.dumps({"tumour_kl": kl[model], "per_case": per_case})
         )
+
+
+def _write_preservation(root: Path, seed: int, dice: dict[str, float]) -> None:
+    """``preservation.json`` of each synthesis model and CT split (and the reader's ceiling),
+    five cases around ``dice[model]``, two tumour sites."""
+    for model, value in dice.items():
+        splits = ("mri_test",) if model == REAL_MRI else PRESERVATION_SPLITS
+        for split in splits:
+            cases = [{"case": f"ct{i}", "dice": value + d} for i, d in enumerate(SPREAD)]
+            overall = {"dice": value, "detection_rate": 0.5, "false_tumour_rate": 0.1}
+            by_site = {"hilar": {"dice": value - 0.1}, "lung": {"dice": value + 0.1}}
+            folder = root / preservation_name(seed, model, split)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "preservation.json").write_text(json.dumps(
+                {"overall": overall, "cases": cases, "by_site": by_site, "by_size": {}}
+            ))  # fmt: skip
 
 
 def _colour(rgb: np.ndarray, name: str) -> np.ndarray:
@@ -419,6 +442,9 @@ def test_report_has_claims_and_figures(tmp_path):
     (tmp_path / "seed0/synthesis/tumour_aware/evaluate/tumour_networks.json").write_text(
         json.dumps(check)
     )
+    for seed in (0, 1, 2):
+        _write_preservation(tmp_path, seed, {"tumour_aware": 0.5, "cyclegan": 0.3,
+                                             "masked_cyclegan": 0.4, REAL_MRI: 0.7})  # fmt: skip
     schedule = {"workers": 2, "threads_per_stage": 1, "cores": 2, "elapsed_s": 612.4}
     report = build_report(tmp_path, [0, 1, 2], [], "test", schedule)
     assert report["tumour_networks"]["tumour_aware"] == [
@@ -441,6 +467,10 @@ def test_report_has_claims_and_figures(tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     assert "## Claims, with paired bootstrap 95 % confidence intervals" in markdown
     assert "| tumour_aware | 0 | **LEAK** | 0.35 | 0.00 | 0.10 | 0.20 |" in markdown
+    assert claims["preservation_ct_test"]["holds"] is True  # 0.5 vs 0.3 on every case
+    assert "| reader's ceiling: real MRI | mri_test | 0.70 ± 0.00 | 0.50 ± 0.00 |" in markdown
+    assert "| tumour_aware | ct_test | 0.40 | 0.60 |" in markdown  # by site: hilar, lung
+    assert "](seed0/preservation/tumour_aware/ct_test/preservation_panels.png)" in markdown
     assert "| tumour_aware_semi_supervised ≥ 0.80 | +0.007 [" in markdown
     assert "(n = 3 seeds × 5 cases) | ✓ (claim **holds**) |" in markdown
     assert saved["schedule"] == schedule

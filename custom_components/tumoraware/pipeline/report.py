@@ -191,8 +191,12 @@ def _preservation(out: Path, seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
             str(seed): {str(c["case"]): float(c["dice"]) for c in f.get("cases", [])}
             for seed, f in zip(seeds, files, strict=True)
         }
-        entry["by_site"] = files[0].get("by_site", {})
-        entry["by_size"] = files[0].get("by_size", {})
+        for group in ("by_site", "by_size"):  # pooled Dice per group, mean over seeds
+            names = sorted({name for f in files for name in f.get(group, {})})
+            entry[group] = {
+                name: float(np.mean([f[group][name]["dice"] for f in files if name in f[group]]))
+                for name in names
+            }
         result.setdefault(model, {})[split] = entry
     return result
 
@@ -476,6 +480,19 @@ def _preservation_markdown(report: dict[str, Any]) -> str:
                      for k in ("dice", "detection_rate", "false_tumour_rate")]  # fmt: skip
             title = "reader's ceiling: real MRI" if model == REAL_MRI else model
             lines.append(f"| {title} | {split} | " + " | ".join(cells) + " |")
+    for group, title in (("by_site", "tumour site"), ("by_size", "tumour size")):
+        names = sorted({n for splits in preservation.values() for e in splits.values()
+                        for n in e.get(group, {})})  # fmt: skip
+        if not names:
+            continue
+        lines += ["", f"Reader Dice by {title} (mean over seeds):", "",
+                  "| Synthesis model | split | " + " | ".join(names) + " |",
+                  "|---|---|" + "---|" * len(names)]  # fmt: skip
+        for model, splits in preservation.items():
+            for split, entry in splits.items():
+                cells = [f"{entry[group][n]:.2f}" if n in entry.get(group, {}) else "–"
+                         for n in names]  # fmt: skip
+                lines.append(f"| {model} | {split} | " + " | ".join(cells) + " |")
     first = report["seeds"][0] if report.get("seeds") else None
     panels = [
         (model, f"{preservation_name(first, model, split)}/preservation_panels.png")
