@@ -468,7 +468,7 @@ def test_pretrained_u_mri_is_trained_first_then_frozen():
     pretraining.attach(trainer)
     after_pretraining = {}
     trainer.add_event_handler(  # runs after the pre-training, before the first iteration
-        Events.STARTED, lambda _: after_pretraining.update(
+        Events.ITERATION_STARTED(once=1), lambda _: after_pretraining.update(
             {k: v.clone() for k, v in nets.state_dict().items()})
     )  # fmt: skip
     trainer.run()
@@ -489,7 +489,6 @@ def test_pretraining_is_skipped_on_resume():
     trainer = build_trainer(freeze_u_mri=True)
     pretraining = UMRIPretraining(trainer.tumour_nets, [labelled_mri_batch()], iterations=3)
     pretraining.attach(trainer)
-    trainer.add_event_handler(Events.STARTED, lambda e: None)
-    trainer.state.iteration = 7  # as CheckpointLoader leaves it before the loop starts
+    trainer.state.iteration = 8  # the first iteration of a run resumed after iteration 7
     pretraining.pretrain(trainer)
     assert pretraining.losses == []

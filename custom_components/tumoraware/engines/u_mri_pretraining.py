@@ -8,8 +8,8 @@ into "a real-MRI tumour detector must find the CT tumour in G(CT)", which is the
 question. The labelled real MRI is the week-1 MRI that the semi-supervised step uses anyway.
 
 The loop is written by hand (a few hundred steps of one small network with its own optimizer,
-run once at ``Events.STARTED`` of a fresh run); MONAI's ``SupervisedTrainer`` would need its own
-engine, handlers and checkpoint for what is a preamble of this trainer. The loss is MONAI's
+run once, before the first iteration of a fresh run); MONAI's ``SupervisedTrainer`` would need
+its own engine, handlers and checkpoint for what is a preamble of this trainer. The loss is MONAI's
 ``DiceCELoss`` (sigmoid), so the detector ends confident, not at the base rate.
 """
 
@@ -31,9 +31,11 @@ logger = logging.getLogger(__name__)
 class UMRIPretraining:
     """Train ``tumour_nets``' U_MRI alone on labelled real MRI for ``iterations`` steps.
 
-    Runs at ``Events.STARTED`` when the trainer is at iteration 0 (a resumed run restores the
-    pre-trained weights from its checkpoint instead). U_CT is untouched except the tied
-    penultimate block, which both U-Nets share (so U_CT trains around an MRI-pretrained block).
+    Runs at the first ``Events.ITERATION_STARTED`` of a fresh run (``engine.state.iteration ==
+    1``), so after every ``STARTED`` handler, ``CheckpointLoader`` included: a resumed run, which
+    starts at a later iteration, keeps the pre-trained weights of its checkpoint instead. U_CT
+    is untouched except the tied penultimate block, which both U-Nets share (so U_CT trains
+    around an MRI-pretrained block).
 
     Args:
         tumour_nets: the tied U-Nets (``forward(x, domain="mri") -> (logits, φ)``).
@@ -63,7 +65,7 @@ class UMRIPretraining:
         self.losses: list[float] = []
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.pretrain)
+        engine.add_event_handler(Events.ITERATION_STARTED(once=1), self.pretrain)
 
     def _batches(self) -> Any:
         while True:
@@ -75,7 +77,7 @@ class UMRIPretraining:
                 raise ValueError("UMRIPretraining: the real-MRI loader yielded no batch.")
 
     def pretrain(self, engine: Engine) -> None:
-        if engine.state.iteration > 0 or self.iterations == 0:
+        if engine.state.iteration > 1 or self.iterations == 0:
             return
         nets = self.tumour_nets
         u_mri = getattr(nets, "module", nets).u_mri  # unwrap DistributedDataParallel
