@@ -158,7 +158,7 @@ def test_tumour_loss_warmup_scales_the_generator_objective(tmp_path, data):
     result = _run_train(tmp_path, data, tumour_hold_iterations=1, tumour_ramp_iterations=2)
     log = result.stdout + result.stderr
     num = r"([\d.]+)"
-    pattern = rf"adv_G: {num} cycle: {num} feature: {num} .*?loss_G: {num} .*?tumour: {num}"
+    pattern = rf"adv_G: {num} cycle: {num} feature: {num} .*?loss_G: {num} .*?\btumour: {num}"
     terms = re.findall(pattern, log)
     steps = TEST_PROFILE["max_epochs"] * TEST_PROFILE["epoch_length"]
     assert len(terms) == steps, log[-2000:]
