@@ -34,6 +34,7 @@ from monai.data import MetaTensor
 
 from tumoraware.atomic import write_json_atomic, write_text_atomic
 from tumoraware.engines.segmentation_report import _CaseNamer, _cases, _item, _source
+from tumoraware.engines.synthesis_validation import _radiological
 from tumoraware.metrics.preservation import (
     PRESERVATION_FIELDS,
     preservation_counts,
@@ -209,9 +210,9 @@ class TumourPreservationWriter:
 
 def _slice(x: Any, index: int) -> np.ndarray:
     """Slice ``index`` (last axis) of the last channel of ``(C, H, W, D)``, displayed
-    radiologically (RAS rows/columns → patient's right on the left, anterior up)."""
-    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    return np.flip(arr[-1, :, :, index], (0, 1)).T.astype(np.float32)
+    radiologically (as the synthesis validation grid shows RAS slices)."""
+    plane = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x))
+    return _radiological(plane[-1, :, :, index].float()).numpy()
 
 
 def _panel_slices(image: Any, pred: Any, label: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
