@@ -182,9 +182,13 @@ def _preservation(out: Path, seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
         for key in ("dice", "detection_rate", "false_tumour_rate"):
             per_seed = [f["overall"].get(key) for f in files]
             finite = [v for v in per_seed if _finite(v)]
+            if len(seeds) > 1:
+                std = float(np.std(finite)) if finite else math.nan
+            else:  # one seed: the spread over cases where there is one (Dice), else none
+                std = files[0]["overall"].get(f"{key}_std", math.nan)
             entry[key] = {
                 "mean": float(np.mean(finite)) if finite else math.nan,
-                "std": float(np.std(finite)) if finite else math.nan,
+                "std": std if _finite(std) else math.nan,
                 "per_seed": per_seed,
             }
         entry["per_case"] = {
@@ -476,8 +480,11 @@ def _preservation_markdown(report: dict[str, Any]) -> str:
     ]
     for model, splits in preservation.items():
         for split, entry in splits.items():
-            cells = [_fmt(entry[k]["mean"], entry[k]["std"], 2)
-                     for k in ("dice", "detection_rate", "false_tumour_rate")]  # fmt: skip
+            cells = [
+                _fmt(entry[k]["mean"], entry[k]["std"], 2)
+                if _finite(entry[k]["std"]) else f"{entry[k]['mean']:.2f}"
+                for k in ("dice", "detection_rate", "false_tumour_rate")
+            ]  # fmt: skip
             title = "reader's ceiling: real MRI" if model == REAL_MRI else model
             lines.append(f"| {title} | {split} | " + " | ".join(cells) + " |")
     for group, title in (("by_site", "tumour site"), ("by_size", "tumour size")):
@@ -549,7 +556,8 @@ def _markdown(report: dict[str, Any]) -> str:
         f"## Tumour preservation: does a reader trained on real MRI find the CT tumour?\n\n"
         f"The week-one-only segmenter (real labelled MRI only) reads each model's synthetic MRI; "
         f"Dice against the CT label, tumours detected (≥ 10 % of the tumour covered), and "
-        f"tumour-free CT slices on which it finds a tumour. Mean ± std over seeds.\n\n"
+        f"tumour-free CT slices on which it finds a tumour. Mean ± std {report['spread']} "
+        f"(rates pooled over cases, so one seed has no spread).\n\n"
         f"{_preservation_markdown(report)}\n{_tumour_networks_markdown(report)}\n"
         f"## Claims, with paired bootstrap 95 % confidence intervals\n\n"
         f"Each comparison is the mean paired difference A − B over the same cases in every "
