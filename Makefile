@@ -21,14 +21,16 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/tumoraware demo
 
-# Model Zoo export of both bundles with the demo's weights (run `make demo` first), then the
-# Model Zoo CI checks on each (a training iteration and an inference without tumoraware).
-DEMO_RUN ?= runs/demo/seed0
+# Model Zoo export of both bundles with the demo study's weights of the paper's methods (run
+# `make demo` first), then the Model Zoo CI checks on each (a training iteration and an inference
+# without tumoraware). export_zoo finds the weights in the study folder.
+DEMO_STUDY ?= runs/demo
+DEMO_SEED ?= 0
 export: install
 	$(VENV)/bin/tumoraware export_zoo --bundle bundles/lung_ct2mri_synthesis --out_dir dist \
-		--weights $(DEMO_RUN)/synthesis/tumour_aware/train/models/model.pt
+		--study $(DEMO_STUDY) --seed $(DEMO_SEED)
 	$(VENV)/bin/tumoraware export_zoo --bundle bundles/lung_mri_tumor_segmentation --out_dir dist \
-		--weights $(DEMO_RUN)/segmentation/tumour_aware_semi_supervised/train/models/model.pt
+		--study $(DEMO_STUDY) --seed $(DEMO_SEED)
 	$(VENV)/bin/tumoraware verify_zoo dist/lung_ct2mri_synthesis
 	$(VENV)/bin/tumoraware verify_zoo dist/lung_mri_tumor_segmentation
 

@@ -68,6 +68,8 @@ from typing import Any
 import numpy as np
 from contention import busy_s, cpu_pressure, own_cpu_s, stall_us  # benchmarks/contention.py
 
+from tumoraware.data.names import case_name
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "lung_mri_tumor_segmentation"
 SHAPE = (256, 256, 48)
@@ -264,7 +266,7 @@ def child(spec: dict) -> None:
     if len(copies) != len(spec["datalist"]):
         raise RuntimeError(f"{len(copies)} iterations for {len(spec['datalist'])} volumes")
     for path in spec["datalist"]:
-        stem = Path(path).name.removesuffix(".nii.gz")
+        stem = case_name(path)
         mask_path = Path(spec["output_dir"]) / f"{stem}_seg.nii.gz"
         if not mask_path.is_file():
             raise RuntimeError(f"no mask {mask_path} for {path}: {os.listdir(spec['output_dir'])}")

@@ -25,10 +25,11 @@ import numpy as np
 
 from tumoraware.atomic import write_json_atomic
 from tumoraware.metrics.paired_bootstrap import bootstrap_mean_ci, paired_matrix
+from tumoraware.pipeline.layout import SEGMENTATION, SYNTHESIS, StudyLayout
 from tumoraware.pipeline.run import default_bundles_dir
 from tumoraware.pipeline.schedule import run_stages
 from tumoraware.pipeline.stage import BundleStage
-from tumoraware.pipeline.study import PRESERVATION_SPLITS, READER, SYNTHESIS_MODELS
+from tumoraware.pipeline.study import BUNDLES, PRESERVATION_SPLITS, READER, SYNTHESIS_MODELS
 
 NO_LEAK = "configs/options/no_position_leak.json"
 REAL_MRI = "configs/options/u_mri_real_mri.json"
@@ -72,18 +73,19 @@ def stages_for(
 ) -> tuple[list[BundleStage], Path]:  # fmt: skip
     """Train (unless ``paper``), evaluate and preservation stages; returns them and the run
     folder of this (seed, model, option)."""
-    synthesis = default_bundles_dir() / "lung_ct2mri_synthesis"
-    segmentation = default_bundles_dir() / "lung_mri_tumor_segmentation"
+    synthesis = default_bundles_dir() / BUNDLES[SYNTHESIS]
+    segmentation = default_bundles_dir() / BUNDLES[SEGMENTATION]
+    trained = StudyLayout(study)
+    runs = StudyLayout(out).seed_dir(seed) / model  # this benchmark's own folders, per seed
     files, extra = OPTION_SETS[option]
     configs = [*SYNTHESIS_MODELS[model], *files, f"configs/profiles/{profile}.json"]
     data = {"ct_manifest": manifest, "mri_manifest": manifest}
     stages: list[BundleStage] = []
     if option == "paper" and length == 1:
-        root = study / f"seed{seed}" / "synthesis" / model
-        models, after = root / "train" / "models", []
-        run = out / f"seed{seed}" / model / option
+        models, after = trained.models(seed, SYNTHESIS, model), []
+        run = runs / option
     else:
-        run = out / f"seed{seed}" / model / f"{option}_x{length:g}"
+        run = runs / f"{option}_x{length:g}"
         models = run / "train" / "models"
         profile_file = synthesis / "configs" / "profiles" / f"{profile}.json"
         base_epochs = json.loads(profile_file.read_text()).get("max_epochs", 200)
@@ -104,7 +106,7 @@ def stages_for(
     reader = {
         "reader_configs": [str(segmentation / "configs/train.json"),
                            str(segmentation / f"configs/profiles/{profile}.json")],
-        "reader_checkpoint": study / f"seed{seed}/segmentation/{READER}/train/models/model.pt",
+        "reader_checkpoint": trained.weights(seed, SEGMENTATION, READER),
     }  # fmt: skip
     for split in PRESERVATION_SPLITS:
         stages.append(BundleStage(

@@ -23,6 +23,7 @@ import numpy as np
 from tumoraware.atomic import write_json_atomic
 from tumoraware.data.manifest import load_split
 from tumoraware.label_server.figure import volume_dice  # the Dice of the MONAI Label figure
+from tumoraware.pipeline.layout import SEGMENTATION, StudyLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "lung_mri_tumor_segmentation"
@@ -59,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, dict[str, dict]] = {}
     for model in MODELS:
-        weights = args.study / f"seed{args.seed}/segmentation/{model}/train/models/model.pt"
+        weights = StudyLayout(args.study).weights(args.seed, SEGMENTATION, model)
         if not weights.is_file():
             sys.exit(f"error: {weights} is missing. Fix: run `make demo` first.")
         for split in SPLITS:

@@ -9,6 +9,7 @@ any failure untouched.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "atomic_path",
+    "json_ready",
     "save_nifti_atomic",
     "save_volume_atomic",
     "write_json_atomic",
@@ -70,6 +72,18 @@ def write_text_atomic(destination: str | os.PathLike, text: str) -> Path:
     with atomic_path(destination) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(destination)
+
+
+def json_ready(data: Any) -> Any:
+    """``data`` with every NaN and inf float as ``None``, recursively through dicts, lists and
+    tuples, so :func:`write_json_atomic` writes valid JSON (``json`` would write ``NaN``)."""
+    if isinstance(data, dict):
+        return {k: json_ready(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_ready(v) for v in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
 
 
 def write_json_atomic(destination: str | os.PathLike, data: Any) -> Path:

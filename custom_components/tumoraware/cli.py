@@ -5,7 +5,7 @@ tumoraware manifest validate data_manifests/phantoms.json [--deep]
 tumoraware demo [--seeds 0,1,2]
 tumoraware reproduce --ct_manifest CT.json --mri_manifest MRI.json --profile paper
 tumoraware monailabel serve --bundle dist/lung_mri_tumor_segmentation --studies DIR
-tumoraware export_zoo --bundle bundles/NAME --weights PATH/model.pt --out_dir dist
+tumoraware export_zoo --bundle bundles/NAME [--study runs/demo --seed 0 | --weights PATH/model.pt]
 tumoraware verify_zoo dist/NAME [--ct_manifest CT.json --mri_manifest MRI.json]
 """
 
@@ -228,7 +228,8 @@ class TumourAwareCLI:
             out_dir: the study folder (``report.md``, ``report.json``, ``table1.csv``, stages).
             bundles_dir: the folder with both bundles (default: this checkout's ``bundles/``).
             workers: stages run at once where their inputs allow, each with cores / workers
-                threads (2 ran the demo 1.66x faster than 1 on 2 cores; keep 1 on one GPU).
+                threads (on a small CPU one training leaves cores idle, so 2 overlap the
+                stages; keep 1 on one GPU).
         """
         from tumoraware.pipeline import run_study
 
@@ -264,7 +265,7 @@ class TumourAwareCLI:
             data_dir: where the phantom volumes live (or are generated).
             seeds: study seed(s), e.g. ``0,1,2`` to report mean ± std across seeds.
             world_seed: seed of the phantom world itself.
-            profile: bundle profile of the study (``demo``; ``test`` runs in ~1.5 min).
+            profile: bundle profile of the study (``demo``; ``test``, the smallest, for tests).
             world: phantom world size (``demo``; ``tiny`` for tests).
             manifest: where the phantom world's datalist is (or is written).
             workers: stages run at once (each with cores / workers threads); 2 keeps both
@@ -279,13 +280,16 @@ class TumourAwareCLI:
     def export_zoo(
         self,
         bundle: str,
-        weights: str,
+        weights: str | None = None,
         out_dir: str = "dist",
         overrides: str | Sequence[str] | None = None,
         key: str | None = None,
-        report: str = "runs/demo/report.json",
+        report: str | None = None,
+        study: str = "runs/demo",
+        seed: int = 0,
+        method: str | None = None,
     ) -> None:
-        """Export BUNDLE with WEIGHTS as a self-contained Model Zoo bundle.
+        """Export BUNDLE with the weights STUDY trained (or WEIGHTS) as a Model Zoo bundle.
 
         Writes OUT_DIR/NAME/ (the tumoraware code the configs use vendored into scripts/,
         models/model.pt, model.ts via ckpt_export, model.onnx when onnx is installed, Model Zoo
@@ -293,19 +297,25 @@ class TumourAwareCLI:
 
         Args:
             bundle: the source bundle folder, e.g. bundles/lung_mri_tumor_segmentation.
-            weights: state_dict of the inference network, e.g.
-                runs/demo/seed0/segmentation/tumour_aware_semi_supervised/train/models/model.pt.
+            weights: state_dict of the inference network; default: STUDY's weights of SEED and
+                METHOD.
             out_dir: where NAME/ and NAME.zip go (replaced if present).
             overrides: override configs the weights were trained with (comma-separated, relative
                 to the bundle), merged into the exported configs. Default: those recorded in the
                 weights' stage.json (tumoraware demo / reproduce runs) except the data recipes
                 in configs/variants/; "" for none.
             key: take network KEY from a nested checkpoint (e.g. g_ct2mri).
-            report: the study report.json whose numbers go into the docs.
+            report: the study report.json whose numbers go into the docs; default: STUDY's.
+            study: the study folder (tumoraware demo / reproduce) whose weights are exported.
+            seed: the study seed whose weights are exported.
+            method: the study method whose weights are exported; default: the paper's
+                (tumour_aware for synthesis, tumour_aware_semi_supervised for segmentation).
         """
-        from tumoraware.export import export_bundle, main_summary
+        from tumoraware.export import export_bundle, main_summary, study_model
 
-        result = export_bundle(bundle, weights, out_dir, overrides, key, report)
+        trained = study_model(bundle, study, seed, method)
+        result = export_bundle(bundle, weights or trained.weights, out_dir, overrides, key,
+                               report or trained.report)  # fmt: skip
         print(main_summary(result))
 
     def verify_zoo(

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tumoraware.engines.bundle_helpers import contoured_mri, latest_checkpoint
+from tumoraware.bundle_helpers import contoured_mri, latest_checkpoint
 
 
 def _touch(path, mtime: float) -> None:

@@ -12,6 +12,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tumoraware.pipeline.layout import SEGMENTATION, StudyLayout
+
+from ..conftest import REPO_ROOT
+
 ENV = {**os.environ, "PAGER": "cat", "PYTHONUNBUFFERED": "1"}
 
 
@@ -88,3 +92,14 @@ def test_prepare_mri_command_with_numeric_test_patient(tmp_path):
     assert {e["patient"] for e in manifest["mri_test"]} == {"8"}
     assert {e["patient"] for e in manifest["mri_unlabelled"]} == {"7"}
     assert [e["week"] for e in manifest["mri_validation"]] == [3]
+
+
+def test_export_zoo_finds_the_weights_of_a_study_seed(tmp_path):
+    """`--study DIR --seed N` picks the study's weights of the paper's method (StudyLayout)."""
+    bundle = REPO_ROOT / "bundles" / "lung_mri_tumor_segmentation"
+    study = tmp_path / "study"
+    result = _run("export_zoo", "--bundle", str(bundle), "--study", str(study), "--seed", "2",
+                  "--out_dir", str(tmp_path / "dist"))  # fmt: skip
+    expected = StudyLayout(study).weights(2, SEGMENTATION, "tumour_aware_semi_supervised")
+    assert result.returncode == 2 and f"weights file {expected} not found" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "dist").exists()

@@ -459,7 +459,7 @@ def test_labelled_mri_batches_report_whether_d_saw_a_tumour():
 
 
 def test_pretrained_u_mri_is_trained_first_then_frozen():
-    from tumoraware.engines.u_mri_pretraining import UMRIPretraining
+    from tumoraware.handlers.u_mri_pretraining import UMRIPretraining
 
     trainer = build_trainer(freeze_u_mri=True, u_sgd=True, max_epochs=2)
     nets = trainer.tumour_nets
@@ -484,7 +484,7 @@ def test_pretrained_u_mri_is_trained_first_then_frozen():
 
 
 def test_pretraining_is_skipped_on_resume():
-    from tumoraware.engines.u_mri_pretraining import UMRIPretraining
+    from tumoraware.handlers.u_mri_pretraining import UMRIPretraining
 
     trainer = build_trainer(freeze_u_mri=True)
     pretraining = UMRIPretraining(trainer.tumour_nets, [labelled_mri_batch()], iterations=3)

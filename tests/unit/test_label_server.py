@@ -23,7 +23,13 @@ from tumoraware.label_server import (
     ensure_label_env,
     install_bundle,
 )
-from tumoraware.label_server.env import STAMP_NAME, env_key
+from tumoraware.label_server.env import (
+    MONAILABEL_VERSION,
+    STAMP_NAME,
+    _steps,
+    env_key,
+    read_requirements,
+)
 
 from ..conftest import REPO_ROOT
 
@@ -87,6 +93,22 @@ def test_the_cache_follows_tumoraware_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("TUMORAWARE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "tumoraware"
+
+
+def test_the_pins_come_from_the_shipped_requirements_file():
+    steps = _steps()
+    assert [title for title, _ in steps] == [
+        "torch + torchvision", f"MONAI Label {MONAILABEL_VERSION}",
+        "MONAI + MONAI Label's dependencies",
+    ]  # fmt: skip
+    assert steps[1][1] == ["--no-deps", f"monailabel=={MONAILABEL_VERSION}"]
+    assert steps[2][1][0].startswith("monai[") and steps[2][1][-1] == "jsonschema"
+    text = "# step: a\n# pip: --no-deps\nx==1  # why\n\n# step: b\n# a comment\ny>=2\n"
+    assert read_requirements(text) == [("a", ["--no-deps", "x==1"]), ("b", ["y>=2"])]
+    with pytest.raises(ValueError, match="before the first"):
+        read_requirements("x==1\n# step: a\n")
+    with pytest.raises(ValueError, match="must follow"):
+        read_requirements("# step: a\nx==1\n# pip: --no-deps\n")
 
 
 def test_a_stamped_environment_is_reused_without_installing(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from tumoraware.engines.lr_decay import LinearDecayLR
+from tumoraware.handlers.lr_decay import LinearDecayLR
 
 
 def _optimizers(lr: float = 1e-4) -> list[torch.optim.Optimizer]:

@@ -11,7 +11,7 @@ import torch
 from ignite.engine import Engine
 from monai.data import MetaTensor
 
-from tumoraware.engines.preservation_writer import TumourPreservationWriter, size_class
+from tumoraware.handlers.preservation_writer import TumourPreservationWriter, size_class
 from tumoraware.metrics.position_leak import centre_excess, position_probes, segmentation_quality
 from tumoraware.metrics.preservation import (
     PRESERVATION_FIELDS,
@@ -206,7 +206,7 @@ class TiedPainter(torch.nn.Module):
 
 @pytest.mark.parametrize(("net", "leak"), [(CentrePainter(), True), (BrightReader(), False)])
 def test_tumour_network_check_flags_a_leak_and_can_fail_loudly(tmp_path, net, leak):
-    from tumoraware.engines.synthesis_validation import TumourNetworkCheck
+    from tumoraware.handlers.synthesis_validation import TumourNetworkCheck
 
     images, labels = _crops()
     output = {"image": images, "pred": images, "label": labels}

@@ -20,13 +20,10 @@ from matplotlib.image import imread
 from monai.data import MetaTensor
 from monai.handlers import HausdorffDistance, MeanDice, from_engine
 
-from tumoraware.engines import SegmentationPanelWriter, SegmentationSummaryWriter
-from tumoraware.engines.segmentation_report import (
-    case_name,
-    extract_case_panel,
-    largest_area_slice,
-    load_case_panel,
-)
+from tumoraware.data.names import case_name
+from tumoraware.handlers import SegmentationPanelWriter, SegmentationSummaryWriter
+from tumoraware.visualize.display import largest_area_slice
+from tumoraware.visualize.panels import extract_case_panel, load_case_panel
 
 SHAPE = (20, 16, 12)  # (x: toward patient left, y: toward posterior, z: superior)
 # RAS-world affine of an LPS-stored grid: axis 0 runs to the left, axis 1 to posterior

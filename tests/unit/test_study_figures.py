@@ -18,7 +18,6 @@ import pytest
 from matplotlib.image import imread
 from torch.utils.tensorboard import SummaryWriter
 
-from tumoraware.engines.segmentation_report import CasePanel, save_case_panel
 from tumoraware.pipeline.figures import (
     FIG3_FILENAME,
     LOSSES_FILENAME,
@@ -29,6 +28,14 @@ from tumoraware.pipeline.figures import (
     write_fig4,
     write_loss_curves,
 )
+from tumoraware.pipeline.layout import (
+    INFER,
+    SYNTHESIS,
+    StageAddress,
+    StageRecord,
+    StudyLayout,
+    write_stage_record,
+)
 from tumoraware.pipeline.report import build_report, evaluate_claims
 from tumoraware.pipeline.study import (
     EVAL_SPLITS,
@@ -36,8 +43,8 @@ from tumoraware.pipeline.study import (
     PRESERVATION_SPLITS,
     REAL_MRI,
     SYNTHESIS_MODELS,
-    preservation_name,
 )
+from tumoraware.visualize.panels import CasePanel, save_case_panel
 
 CT_SHAPE, CT_SPACING, CT_ORIGIN = (40, 40, 8), (1.0, 1.0, 3.0), (-20.0, -20.0, 0.0)
 CROP_SHAPE, CROP_SPACING, CROP_ORIGIN = (16, 16, 8), (1.5, 1.5, 3.0), (-9.25, -11.25, 0.0)
@@ -93,7 +100,7 @@ def _write_synthesis(root: Path, seed: int, models=SYNTHESIS_MODELS) -> Path:
     manifest.write_text(json.dumps({"name": "ct", "labels": {"0": "background", "1": "tumor"},
                                     "base_dir": ".", "ct_train": entries}))  # fmt: skip
     for model in models:
-        infer = root / f"seed{seed}" / "synthesis" / model / "infer"
+        infer = StudyLayout(root).inference(seed, model)
         synthetic = []
         for n, case in enumerate(CASES):
             crop = _crop_label(_ct_label(shift=n - 1))
@@ -108,8 +115,10 @@ def _write_synthesis(root: Path, seed: int, models=SYNTHESIS_MODELS) -> Path:
             json.dumps({"name": "synthetic", "labels": {"0": "background", "1": "tumor"},
                         "base_dir": ".", "synthetic_train": synthetic})
         )  # fmt: skip
-        command = ["-m", "monai.bundle", "run", "--ct_manifest", str(manifest)]
-        (infer / "stage.json").write_text(json.dumps({"command": command}))
+        address = StageAddress(seed, SYNTHESIS, model, INFER)
+        write_stage_record(infer, StageRecord(address.name, configs=("configs/inference.json",),
+                                              overrides={"ct_manifest": manifest},
+                                              address=address))  # fmt: skip
     return manifest
 
 
@@ -117,7 +126,7 @@ def _write_losses(root: Path, seed: int) -> None:
     """TensorBoard events for CycleGAN (tumour terms zero) and tumour-aware; a log.txt only
     for the masked CycleGAN (no events: the fallback)."""
     for model in ("cyclegan", "tumour_aware"):
-        writer = SummaryWriter(log_dir=str(root / f"seed{seed}/synthesis/{model}/train/runs"))
+        writer = SummaryWriter(log_dir=str(StudyLayout(root).events(seed, SYNTHESIS, model)))
         for step in range(1, 31):
             decay = 1.0 / step
             for tag in ("loss_G", "loss_D", "adv_G", "cycle"):
@@ -126,7 +135,7 @@ def _write_losses(root: Path, seed: int) -> None:
                 writer.add_scalar(tag, decay if model == "tumour_aware" else 0.0, step)
             writer.add_scalar("identity", 0.0, step)
         writer.close()
-    log = root / f"seed{seed}/synthesis/masked_cyclegan/train/log.txt"
+    log = StudyLayout(root).train(seed, SYNTHESIS, "masked_cyclegan") / "log.txt"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(
         "".join(
@@ -148,7 +157,7 @@ def _write_panels(root: Path, seed: int, split: str, methods=METHODS) -> None:
     """Each method's ``panels/<case>.npz``: expert disc, its prediction shifted by a method
     specific amount (week one only: an empty prediction)."""
     for m, method in enumerate(methods):
-        folder = root / f"seed{seed}/segmentation/{method.key}/eval_{split}"
+        folder = StudyLayout(root).evaluation(seed, method.key, split)
         for n, case in enumerate(MRI_CASES):
             expert = _disc((48, 40), (20 + n, 18), 6)
             prediction = np.roll(expert, m, axis=1) if method.key != "week_one_only" else expert * 0
@@ -167,7 +176,7 @@ def _write_numbers(root: Path, seed: int, dsc: dict[str, float], kl: dict[str, f
     ``tumour_kl.json`` (five CT cases around the KL of ``kl``), as the stages write them."""
     for method in METHODS:
         for split in EVAL_SPLITS:
-            folder = root / f"seed{seed}/segmentation/{method.key}/eval_{split}"
+            folder = StudyLayout(root).evaluation(seed, method.key, split)
             folder.mkdir(parents=True, exist_ok=True)
             dice = dsc.get(method.key, 0.5) if split == "mri_test" else 0.4
             metrics = {"val_mean_dice": {"mean": dice, "std": 0.1},
@@ -176,7 +185,7 @@ def _write_numbers(root: Path, seed: int, dsc: dict[str, float], kl: dict[str, f
                      for i, d in enumerate(SPREAD)]  # fmt: skip
             (folder / "summary.json").write_text(json.dumps({"metrics": metrics, "cases": cases}))
     for model in SYNTHESIS_MODELS:
-        folder = root / f"seed{seed}/synthesis/{model}/evaluate"
+        folder = StudyLayout(root).synthesis_evaluation(seed, model)
         folder.mkdir(parents=True, exist_ok=True)
         per_case = {f"ct{i}": kl[model] + d for i, d in enumerate(SPREAD)}
         (folder / "tumour_kl.json").write_text(
@@ -193,7 +202,7 @@ def _write_preservation(root: Path, seed: int, dice: dict[str, float]) -> None:
             cases = [{"case": f"ct{i}", "dice": value + d} for i, d in enumerate(SPREAD)]
             overall = {"dice": value, "detection_rate": 0.5, "false_tumour_rate": 0.1}
             by_site = {"hilar": {"dice": value - 0.1}, "lung": {"dice": value + 0.1}}
-            folder = root / preservation_name(seed, model, split)
+            folder = StudyLayout(root).preservation(seed, model, split)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "preservation.json").write_text(json.dumps(
                 {"overall": overall, "cases": cases, "by_site": by_site, "by_size": {}}
@@ -224,7 +233,7 @@ def _columns(path: Path, n_rows: int, n_cols: int) -> list[np.ndarray]:
 def test_fig3_ct_is_resampled_onto_the_synthetic_grid(tmp_path):
     """The CT column lines up with the label crop: tumour HU inside, body HU outside."""
     _write_synthesis(tmp_path, seed=0)
-    infer = {m: tmp_path / f"seed0/synthesis/{m}/infer" for m in SYNTHESIS_MODELS}
+    infer = {m: StudyLayout(tmp_path).inference(0, m) for m in SYNTHESIS_MODELS}
     case = CASES[1]
     ref = {"image": str(infer["cyclegan"] / f"{case}_synthetic_mri.nii.gz"),
            "label": str(infer["cyclegan"] / "ct_p001_label_crop.nii.gz")}  # fmt: skip
@@ -298,7 +307,9 @@ def test_fig4_rejects_different_slices(tmp_path):
     expert = _disc((48, 40), (20, 18), 6)
     other = CasePanel(MRI_CASES[0], expert.astype(np.float32), expert, expert, 7, 30, "expert", 1.0)
     save_case_panel(
-        tmp_path / "seed0/segmentation/cyclegan/eval_mri_test/panels" / f"{MRI_CASES[0]}.npz",
+        StudyLayout(tmp_path).evaluation(0, "cyclegan", "mri_test")
+        / "panels"
+        / f"{MRI_CASES[0]}.npz",
         other,
     )
     with pytest.raises(ValueError, match="slice"):
@@ -310,12 +321,12 @@ def test_fig4_rejects_different_slices(tmp_path):
 
 def test_losses_from_events_and_from_the_log(tmp_path):
     _write_losses(tmp_path, 0)
-    events = read_losses(tmp_path / "seed0/synthesis/tumour_aware/train")
+    events = read_losses(StudyLayout(tmp_path).train(0, SYNTHESIS, "tumour_aware"))
     assert set(events) == {"loss_G", "loss_D", "adv_G", "cycle", "tumour", "feature", "loss_U",
                            "identity"}  # fmt: skip
     steps, values = events["tumour"]
     assert steps.tolist() == list(range(1, 31)) and values[0] == pytest.approx(1.0)
-    logged = read_losses(tmp_path / "seed0/synthesis/masked_cyclegan/train")
+    logged = read_losses(StudyLayout(tmp_path).train(0, SYNTHESIS, "masked_cyclegan"))
     steps, values = logged["adv_G"]
     assert steps.tolist() == [1, 2, 3, 4, 5, 6]  # (epoch - 1) * 3 + iteration
     assert values.tolist() == [2.0, 3.0, 4.0, 3.0, 4.0, 5.0]
@@ -439,9 +450,9 @@ def test_report_has_claims_and_figures(tmp_path):
     _write_numbers(tmp_path, 2, {**good, "cyclegan": 0.80}, {**kl, "tumour_aware": 0.5})
     check = {"leak": True, "max_excess": 0.35, "u_ct": {"on_ct": {"dice": 0.0}},
              "u_mri": {"on_synthetic": {"dice": 0.1}, "on_real_mri": {"dice": 0.2}}}  # fmt: skip
-    (tmp_path / "seed0/synthesis/tumour_aware/evaluate/tumour_networks.json").write_text(
-        json.dumps(check)
-    )
+    (
+        StudyLayout(tmp_path).synthesis_evaluation(0, "tumour_aware") / "tumour_networks.json"
+    ).write_text(json.dumps(check))
     for seed in (0, 1, 2):
         _write_preservation(tmp_path, seed, {"tumour_aware": 0.5, "cyclegan": 0.3,
                                              "masked_cyclegan": 0.4, REAL_MRI: 0.7})  # fmt: skip

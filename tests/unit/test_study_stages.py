@@ -5,6 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tumoraware.pipeline.layout import (
+    PRESERVATION,
+    PRESERVE,
+    SEGMENTATION,
+    SYNTHESIS,
+    TRAIN,
+    StageAddress,
+    StudyLayout,
+)
 from tumoraware.pipeline.run import default_bundles_dir
 from tumoraware.pipeline.study import (
     METHODS,
@@ -28,16 +37,17 @@ def test_preservation_stages_read_synthetic_mri_with_the_week_one_reader(tmp_pat
     manifest = _manifest(tmp_path / "m.json", with_ct_test=True)
     stages = {s.name: s for s in study_stages(default_bundles_dir(), tmp_path / "out",
                                                manifest, manifest, 3, "demo")}  # fmt: skip
-    reader = f"seed3/segmentation/{READER}/train"
+    layout = StudyLayout(tmp_path / "out")
+    reader = StageAddress(3, SEGMENTATION, READER, TRAIN).name
     assert READER == "week_one_only" and any(m.key == READER for m in METHODS)
     for model in SYNTHESIS_MODELS:
         for split in ("ct_train", "ct_test"):
             stage = stages[preservation_name(3, model, split)]
-            assert set(stage.after) == {f"seed3/synthesis/{model}/train", reader}
+            assert stage.address == StageAddress(3, PRESERVATION, model, PRESERVE, split)
+            assert set(stage.after) == {StageAddress(3, SYNTHESIS, model, TRAIN).name, reader}
             assert stage.overrides["ct_split"] == split
-            assert stage.overrides["reader_checkpoint"] == (
-                tmp_path / "out" / reader / "models" / "model.pt"
-            )
+            assert stage.overrides["reader_checkpoint"] == layout.weights(3, SEGMENTATION, READER)
+            assert stage.overrides["output_dir"] == layout.preservation(3, model, split)
             assert stage.configs[:2] == ["configs/inference.json", "configs/preservation.json"]
             assert stage.configs[-1] == "configs/profiles/demo.json"  # as the reader's profile
             assert stage.overrides["reader_configs"][-1].endswith("profiles/demo.json")
@@ -45,7 +55,7 @@ def test_preservation_stages_read_synthetic_mri_with_the_week_one_reader(tmp_pat
     assert ceiling.overrides["read_real_mri"] is True and ceiling.after == [reader]
     # the synthetic-only rows of the extended Table 1 train on each model's synthetic MRI
     for key in ("cyclegan_unsupervised", "masked_cyclegan_unsupervised"):
-        train = stages[f"seed3/segmentation/{key}/train"]
+        train = stages[StageAddress(3, SEGMENTATION, key, TRAIN).name]
         assert "configs/variants/synthetic_only.json" in train.configs
 
 
@@ -55,3 +65,22 @@ def test_no_held_out_ct_no_held_out_stages(tmp_path):
                                           manifest, 0, None)]  # fmt: skip
     assert preservation_name(0, "tumour_aware", "ct_train") in names
     assert not any(name.endswith("/ct_test") for name in names)
+
+
+def test_every_stage_runs_in_its_layout_folder(tmp_path):
+    """A stage's name is its address's, and its outputs go to that folder of the layout."""
+    manifest = _manifest(tmp_path / "m.json", with_ct_test=True)
+    out = tmp_path / "out"
+    layout = StudyLayout(out)
+    stages = study_stages(default_bundles_dir(), out, manifest, manifest, 1, "demo")
+    for stage in stages:
+        assert stage.address is not None and stage.name == stage.address.name
+        assert layout.describe(layout.stage_dir(stage.address)) == stage.address
+        folder = stage.overrides.get("output_dir")
+        expected = layout.stage_dir(stage.address)
+        if stage.address.step == TRAIN:  # a training logs into runs/ and keeps models/
+            kind, method = stage.address.kind, stage.address.method
+            expected = layout.events(1, kind, method)
+            assert stage.overrides["ckpt_dir"] == layout.models(1, kind, method)
+        assert folder == expected, stage.name
+        assert all(a in {s.name for s in stages} for a in stage.after)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from ignite.engine import Engine
 
-from tumoraware.engines.synthesis_validation import TumourKLHandler
+from tumoraware.handlers.synthesis_validation import TumourKLHandler
 
 
 class CountingLoader:

@@ -1,4 +1,4 @@
-"""Tumour-region KL divergence: the divergences, the histogram, the two accumulators."""
+"""Tumour-region KL divergence: the divergences, the histogram, the accumulator."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
-from ignite.exceptions import NotComputableError
 
 from tumoraware.metrics import (
-    TumourKLIgniteMetric,
     TumourKLMetric,
     js_divergence,
     kl_divergence,
@@ -208,107 +205,3 @@ def test_empty_side_errors_say_which_and_how():
         metric.update(synthetic=images)
     with pytest.raises(ValueError, match=r"real: expected both .* got only the masks"):
         metric.update(real_mask=masks)
-
-
-# ----------------------------------------------------------------------------- ignite
-def _batches():
-    """Two synthetic-only batches, then two real-only ones, as one evaluator might see them."""
-    synth, synth_masks = _tumour_images(21, 0.35, 0.15, b=4)
-    real, real_masks = _tumour_images(22, 0.5, 0.12, b=4)
-    return [
-        {"pred": synth[:2], "label": synth_masks[:2], "kind": "synthetic"},
-        {"pred": synth[2:], "label": synth_masks[2:], "kind": "synthetic"},
-        {"pred": real[:3], "label": real_masks[:3], "kind": "real"},
-        {"pred": real[3:], "label": real_masks[3:], "kind": "real"},
-    ]
-
-
-def _to_pairs(batch):
-    if batch["kind"] == "synthetic":
-        return batch["pred"], batch["label"], None, None
-    return None, None, batch["pred"], batch["label"]
-
-
-def test_ignite_metric_matches_plain_class_and_fills_state_metrics():
-    data = _batches()
-    plain = TumourKLMetric()
-    for batch in data:
-        plain.update(*_to_pairs(batch))
-    expected = plain.aggregate()
-
-    engine = Engine(lambda engine, batch: batch)
-    TumourKLIgniteMetric(output_transform=_to_pairs).attach(engine, "tumour_kl")
-    metrics = engine.run(data).metrics
-    assert set(metrics) == {"kl", "kl_reverse", "js"}  # "flatten": the attach name is no key
-    assert metrics["kl"] == pytest.approx(expected["kl_real_synth"], abs=1e-12)
-    assert metrics["kl_reverse"] == pytest.approx(expected["kl_synth_real"], abs=1e-12)
-    assert metrics["js"] == pytest.approx(expected["js"], abs=1e-12)
-    assert metrics["kl"] > 0.1 and metrics["kl"] != pytest.approx(metrics["kl_reverse"])
-
-    # ignite's "both": the dict under the attach name as well; a mapping output with the keys
-    keys = TumourKLIgniteMetric.required_output_keys
-    engine = Engine(lambda engine, batch: dict(zip(keys, _to_pairs(batch), strict=True)))
-    TumourKLIgniteMetric(metrics_result_mode="both").attach(engine, "tumour_kl")
-    metrics = engine.run(data).metrics
-    assert metrics["tumour_kl"] == {k: metrics[k] for k in ("kl", "kl_reverse", "js")}
-    assert metrics["kl"] == pytest.approx(expected["kl_real_synth"], abs=1e-12)
-
-
-def test_ignite_metric_takes_decollated_samples_of_both_sides_in_one_pass():
-    """MONAI evaluators decollate: each of the four is a list of (1, H, W) samples."""
-    data = _batches()
-    plain = TumourKLMetric()
-    for batch in data:
-        plain.update(*_to_pairs(batch))
-    both = [  # one pass, each iteration carrying a synthetic and a real batch
-        (list(s["pred"]), list(s["label"]), list(r["pred"]), list(r["label"]))
-        for s, r in zip(data[:2], data[2:], strict=True)
-    ]
-    engine = Engine(lambda engine, batch: batch)
-    TumourKLIgniteMetric().attach(engine, "tumour_kl")
-    assert engine.run(both).metrics["kl"] == pytest.approx(
-        plain.aggregate()["kl_real_synth"], abs=1e-12
-    )
-
-
-def test_ignite_metric_resets_each_run_and_reports_empty_side():
-    data = _batches()
-    engine = Engine(lambda engine, batch: batch)
-    TumourKLIgniteMetric(output_transform=_to_pairs).attach(engine, "tumour_kl")
-    first = dict(engine.run(data).metrics)
-    assert dict(engine.run(data).metrics) == first  # histograms reset at each epoch start
-    real_only = [b for b in data if b["kind"] == "real"]
-    with pytest.raises(NotComputableError, match="synthetic side"):
-        engine.run(real_only)
-
-
-def _ddp_worker(local_rank, data, expected):
-    import ignite.distributed as idist
-
-    rank, world = idist.get_rank(), idist.get_world_size()
-    metric = TumourKLIgniteMetric()
-    for batch in data[rank::world]:  # each rank sees half the batches
-        metric.update(_to_pairs(batch))
-    result = metric.compute()
-    for key, value in expected.items():
-        assert abs(result[key] - value) < 1e-12, (rank, key, result[key], value)
-    # after compute, the histograms are this rank's own again (ignite restores them)
-    mine = [b for b in data[rank::world] if b["kind"] == "synthetic"]
-    assert float(metric._q.sum()) == sum(float(b["label"].sum()) for b in mine)
-
-
-def test_ignite_metric_sums_histograms_across_ddp_ranks():
-    import ignite.distributed as idist
-
-    data = _batches()
-    plain = TumourKLMetric()
-    for batch in data:
-        plain.update(*_to_pairs(batch))
-    full = plain.aggregate()
-    expected = {"kl": full["kl_real_synth"], "kl_reverse": full["kl_synth_real"], "js": full["js"]}
-    # each rank alone sees one synthetic and one real batch: its local value differs
-    local = TumourKLMetric()
-    for batch in data[0::2]:
-        local.update(*_to_pairs(batch))
-    assert abs(local.aggregate()["kl_real_synth"] - expected["kl"]) > 1e-3
-    idist.spawn("gloo", _ddp_worker, args=(data, expected), nproc_per_node=2)

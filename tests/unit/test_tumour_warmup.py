@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from ignite.engine import Engine
 
-from tumoraware.engines.tumour_warmup import TumourLossWarmup
+from tumoraware.handlers.tumour_warmup import TumourLossWarmup
 from tumoraware.losses import TumourAwareObjective
 
 

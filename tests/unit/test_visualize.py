@@ -1,16 +1,25 @@
-"""Figure writers: valid PNGs, one row per case, red contours, atomic writes, clear errors."""
+"""Figure writers (valid PNGs, one row per case, red contours, atomic writes, clear errors) and
+the shared display helpers (radiological orientation, centring, picking)."""
 
 from __future__ import annotations
 
 import math
 import struct
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from matplotlib.image import imread
 
-from tumoraware.visualize import save_contour_grid, save_synthesis_grid
+from tumoraware.visualize import (
+    evenly,
+    load_pls,
+    pad_stack,
+    radiological,
+    save_contour_grid,
+    save_synthesis_grid,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -123,3 +132,36 @@ def test_panel_text_is_drawn_and_checked(tmp_path):
     np.testing.assert_array_equal(a[:, half:], b[:, half:])  # the second panel unchanged
     with pytest.raises(ValueError, match="panel_text"):
         save_contour_grid(tmp_path / "bad.png", images, {}, {}, panel_text=[["one"]])
+
+
+# ----------------------------------------------------------------------------- display helpers
+def test_radiological_puts_anterior_up_and_patient_right_on_the_left():
+    ras = torch.zeros(2, 1, 5, 7)  # (N, C, x: toward patient right, y: toward anterior)
+    ras[:, :, 4, 6] = 1.0  # the most right, most anterior voxel
+    shown = radiological(ras)
+    assert shown.shape == (2, 1, 7, 5) and type(shown) is torch.Tensor
+    assert torch.nonzero(shown[0, 0]).tolist() == [[0, 0]]  # top row, leftmost column
+    assert torch.equal(radiological(ras[0, 0]), shown[0, 0])
+
+
+@pytest.mark.parametrize("signs", [(1, 1, 1), (-1, -1, 1)])  # RAS- and LPS-stored grids
+def test_load_pls_reorients_by_the_affine_and_orders_the_zooms(tmp_path, signs):
+    volume = np.zeros((6, 8, 4), dtype=np.float32)
+    right_anterior = (5, 7, 2) if signs[0] > 0 else (0, 0, 2)
+    volume[right_anterior] = 1.0
+    affine = np.diag([signs[0] * 1.5, signs[1] * 2.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(volume, affine), tmp_path / "v.nii.gz")
+    pls, zooms = load_pls(tmp_path / "v.nii.gz")
+    assert pls.shape == (8, 6, 4) and zooms == (2.0, 1.5, 3.0)
+    assert np.argwhere(pls).tolist() == [[0, 0, 2]]  # anterior row 0, patient right column 0
+
+
+def test_pad_stack_centres_keeps_the_dtype_and_evenly_spreads():
+    small, big = np.ones((2, 3), dtype=bool), np.zeros((5, 4), dtype=bool)
+    out = pad_stack([small, big], False)
+    assert out.dtype == bool and out.shape == (2, 5, 4)
+    assert np.argwhere(out[0]).min(0).tolist() == [1, 0] and out[0].sum() == 6  # odd: extra below
+    assert (
+        pad_stack([np.zeros((1, 1), np.float32), np.zeros((3, 3), np.float32)], -1.0)[0, 1, 1] == 0
+    )
+    assert evenly(list(range(10)), 4) == [0, 3, 6, 9] and evenly([1, 2], 5) == [1, 2]

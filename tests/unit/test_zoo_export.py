@@ -24,12 +24,23 @@ from tumoraware.export.vendor import (
     write_vendored,
 )
 from tumoraware.export.zoo_docs import (
+    Provenance,
     eval_metrics,
     find_provenance,
     load_study,
     render_readme,
     stage_overrides,
 )
+from tumoraware.pipeline.layout import (
+    MARKER,
+    TRAIN,
+    StageAddress,
+    StageRecord,
+    StudyLayout,
+    weights_stage_dir,
+    write_stage_record,
+)
+from tumoraware.pipeline.layout import SEGMENTATION as SEGMENTATION_KIND
 
 from ..conftest import REPO_ROOT
 
@@ -168,15 +179,16 @@ def test_large_files_lists_files_over_the_threshold_with_sha256(tmp_path):
 
 def _study(tmp_path: Path) -> tuple[Path, Path]:
     """A study folder with one segmentation stage and its report (the demo's layout)."""
-    train = tmp_path / "study" / "seed0" / "segmentation" / "tumour_aware_semi_supervised" / "train"
-    (train / "models").mkdir(parents=True)
-    weights = train / "models" / "model.pt"
+    layout = StudyLayout(tmp_path / "study")
+    address = StageAddress(0, SEGMENTATION_KIND, "tumour_aware_semi_supervised", TRAIN)
+    weights = layout.weights(0, SEGMENTATION_KIND, "tumour_aware_semi_supervised")
+    weights.parent.mkdir(parents=True)
     weights.write_bytes(b"")
-    command = ["-m", "monai.bundle", "run", "--config_file",
-               "['configs/train.json','configs/variants/semi_supervised.json',"
-               "'configs/profiles/demo.json']"]  # fmt: skip
-    name = "seed0/segmentation/tumour_aware_semi_supervised/train"
-    (train / "stage.json").write_text(json.dumps({"name": name, "command": command}))
+    configs = ("configs/train.json", "configs/variants/semi_supervised.json",
+               "configs/profiles/demo.json")  # fmt: skip
+    name = address.name
+    write_stage_record(layout.stage_dir(address),
+                       StageRecord(name, configs=configs, address=address))  # fmt: skip
     cell = {"mean": 0.5, "std": 0.1, "per_seed": [0.5]}
     report = {
         "profile": "demo", "seeds": [0], "spread": "over cases",
@@ -195,8 +207,8 @@ def _study(tmp_path: Path) -> tuple[Path, Path]:
         "versions": {"tumoraware": "0.1.0", "monai": "1.6.1", "torch": "2.13.0"},
         "written": "2026-11-24T08:55:37",
     }  # fmt: skip
-    (tmp_path / "study" / "report.json").write_text(json.dumps(report))
-    return weights, tmp_path / "study" / "report.json"
+    layout.report.write_text(json.dumps(report))
+    return weights, layout.report
 
 
 def test_docs_take_the_numbers_of_the_stage_that_trained_the_weights(tmp_path):
@@ -210,7 +222,11 @@ def test_docs_take_the_numbers_of_the_stage_that_trained_the_weights(tmp_path):
     )  # fmt: skip
     study = load_study(report_path)
     provenance = find_provenance(weights, study)
-    assert provenance is not None and provenance.method == "tumour_aware_semi_supervised"
+    assert provenance == Provenance(
+        "seed0/segmentation/tumour_aware_semi_supervised/train", 0, "segmentation",
+        "tumour_aware_semi_supervised", ("configs/train.json",
+        "configs/variants/semi_supervised.json", "configs/profiles/demo.json"),
+    )  # fmt: skip
     scores = eval_metrics(study, provenance)
     assert scores == {"val_mean_dice": 0.5, "val_hd95_mm": 0.5, "mean_dice": 0.56,
                       "hd95_mm": 57.3}  # fmt: skip
@@ -237,3 +253,11 @@ def test_docs_take_the_numbers_of_the_stage_that_trained_the_weights(tmp_path):
     elsewhere.write_bytes(b"")
     assert find_provenance(elsewhere, study) is None
     assert eval_metrics(study, None) == {}
+
+    # a stage.json of the earlier format (a command line, no fields): not read, no guessing
+    marker = weights_stage_dir(weights) / MARKER
+    old = {"name": provenance.stage, "command": ["-m", "monai.bundle", "run", "--config_file",
+                                                 "['configs/train.json']"]}  # fmt: skip
+    marker.write_text(json.dumps(old))
+    assert stage_overrides(weights) is None and find_provenance(weights, study) is None
+    assert _override_list(None, weights) == ([], "none given")

@@ -5,8 +5,8 @@ variable number of slices (every tumour slice, a share of tumour-free ones). MON
 ``CacheDataset`` caches one item per input, so a volume → slices transform would come back as
 one list per volume (a variable batch size after collation). This dataset runs the
 deterministic volume pipeline once, flattens the lists, and then applies only the cheap random
-2D transforms per sample: loading never bounds the training step (the reference measurements
-on 2 cores show any competing worker slows a step 4–28×).
+2D transforms per sample: loading never bounds the training step (on a 2-core CPU any competing
+worker process slows the step itself).
 
 A per-sample transform may end in one of MONAI's ``RandCropBy*d`` croppers with
 ``num_samples=1``, which return a one-item list: the dataset returns that item, so a dataset of
@@ -15,8 +15,8 @@ one stream of dicts.
 
 ``track_meta=False`` runs the per-sample transforms with MONAI's metadata tracking off (restored
 after each call): when nothing downstream inverts or reads a sample's affine, tracking is pure
-overhead, and on 2 CPU cores it is most of the cost of a random crop (measured:
-``RandCropByPosNegLabeld`` 1.9 → 0.8 ms, ``RandSpatialCropd`` 0.9 → 0.1 ms per 2D sample).
+overhead, and for a small 2D sample it is most of the cost of a random crop
+(``RandCropByPosNegLabeld``, ``RandSpatialCropd``).
 """
 
 from __future__ import annotations

@@ -1,23 +1,14 @@
-"""Training engines for the tumour-aware CycleGAN (a ``monai.engines.Trainer`` subclass).
+"""The tumour-aware CycleGAN's training engine (a ``monai.engines.Trainer`` subclass), nothing else.
 
 - :class:`CycleGANTrainer`: one iteration = the paper's alternating G, D, U updates (§2.1).
 - :class:`CycleGANEvents`: events fired after each of the three optimizer steps.
 - :class:`ImagePool`: the CycleGAN history buffer of generated images (hand-written).
-- :class:`SegmentationPanelWriter`, :class:`SegmentationSummaryWriter`: evaluator handlers for
-  the segmentation figure (Fig. 4) and table (Table 1).
+
+The event handlers the configs attach (warm-up, lr decay, validation, report writers) live in
+:mod:`tumoraware.handlers`; the config glue in :mod:`tumoraware.bundle_helpers`.
 """
 
 from tumoraware.engines.cyclegan_trainer import CycleGANEvents, CycleGANTrainer
 from tumoraware.engines.image_pool import ImagePool
-from tumoraware.engines.segmentation_report import (
-    SegmentationPanelWriter,
-    SegmentationSummaryWriter,
-)
 
-__all__ = [
-    "CycleGANEvents",
-    "CycleGANTrainer",
-    "ImagePool",
-    "SegmentationPanelWriter",
-    "SegmentationSummaryWriter",
-]
+__all__ = ["CycleGANEvents", "CycleGANTrainer", "ImagePool"]

@@ -157,7 +157,7 @@ class CycleGANTrainer(Trainer):
         freeze_u_mri: ours: U_MRI (with the penultimate block it shares with U_CT) is never
             updated; U's objective keeps U_CT's BCE and the feature loss towards the fixed
             φ_MRI. For a U_MRI pre-trained on real MRI
-            (:class:`~tumoraware.engines.u_mri_pretraining.UMRIPretraining`).
+            (:class:`~tumoraware.handlers.u_mri_pretraining.UMRIPretraining`).
         adversarial_loss: ``loss(logits, target_is_real, for_discriminator)``; default MONAI's
             ``PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)``
             (LSGAN, as the reference CycleGAN).
@@ -171,7 +171,7 @@ class CycleGANTrainer(Trainer):
         masked: train the masked CycleGAN baseline (see above).
         amp: mixed precision (``torch.autocast`` + one ``GradScaler`` per optimizer); honoured
             only when ``device`` is CUDA. On CPU it is ignored with a logged warning (CPU autocast
-            is ~100x slower on the machines this was measured on).
+            is much slower than float32 there, not faster).
         epoch_length: iterations per epoch, default ``len(train_data_loader)``.
         non_blocking: non-blocking host-to-device copies in ``prepare_batch``.
         prepare_batch: ``prepare_batch(batchdata, device, non_blocking, **to_kwargs)`` applied to

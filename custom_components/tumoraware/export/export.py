@@ -48,13 +48,23 @@ from tumoraware.export.zoo_docs import (
     render_readme,
     stage_overrides,
 )
+from tumoraware.pipeline.layout import DEMO_STUDY, SEGMENTATION, SYNTHESIS, StudyLayout
+from tumoraware.pipeline.study import BUNDLES, SHIPPED
 
-__all__ = ["ExportError", "ExportResult", "export_bundle"]
+__all__ = [
+    "ExportError",
+    "ExportResult",
+    "StudyModel",
+    "bundle_kind",
+    "export_bundle",
+    "study_model",
+]
 
 # Override files that choose the training *data* (the segmentation's Table-1 variants), not the
 # model: a stage.json lists them, but they are shipped as files, not merged, so train.json keeps
 # its own default sources (e.g. synthetic MRI only when a synthetic manifest exists).
 _DATA_RECIPES = ("configs/variants/",)
+_DEMO_REPORT = StudyLayout(DEMO_STUDY).report
 # Folders of a source bundle that hold run outputs, not bundle content.
 _SKIPPED = {"runs", "eval", "models", "__pycache__", ".ipynb_checkpoints"}
 
@@ -74,6 +84,33 @@ class ExportResult:
     vendored_modules: list[str]
     onnx: str
     large_files: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StudyModel:
+    """What a study trained for a bundle: the weights and the study's ``report.json``."""
+
+    weights: Path
+    report: Path
+
+
+def bundle_kind(bundle: str | Path) -> str:
+    """``synthesis`` or ``segmentation``: which of the study's trainings ``bundle`` runs (by
+    its folder name)."""
+    name = Path(bundle).name
+    known = {folder: kind for kind, folder in BUNDLES.items()}
+    return known.get(name, SEGMENTATION if SEGMENTATION in name else SYNTHESIS)
+
+
+def study_model(
+    bundle: str | Path, study: str | Path = DEMO_STUDY, seed: int = 0, method: str | None = None
+) -> StudyModel:
+    """The weights ``study`` trained for ``bundle`` (seed ``seed`` of ``method``; default: the
+    method the study ships for the bundle's kind, e.g. ``tumour_aware_semi_supervised``) and
+    the study's report, by :class:`~tumoraware.pipeline.layout.StudyLayout`."""
+    kind = bundle_kind(bundle)
+    layout = StudyLayout(Path(study))
+    return StudyModel(layout.weights(seed, kind, method or SHIPPED[kind]), layout.report)
 
 
 def _override_list(overrides: str | Sequence[str] | None, weights: Path) -> tuple[list[str], str]:
@@ -336,7 +373,7 @@ def export_bundle(
     out_dir: str | Path = "dist",
     overrides: str | Sequence[str] | None = None,
     key: str | None = None,
-    report: str | Path | None = "runs/demo/report.json",
+    report: str | Path | None = _DEMO_REPORT,
     onnx: bool | None = None,
 ) -> ExportResult:
     """Export ``bundle`` with ``weights`` to ``out_dir/NAME`` and ``out_dir/NAME.zip``.
@@ -365,7 +402,7 @@ def export_bundle(
     if not weights.is_file():
         raise ExportError(
             f"weights file {weights} not found: train the bundle first (`make demo` writes "
-            "runs/demo/seed0/<synthesis|segmentation>/<method>/train/models/model.pt) or pass "
+            "the demo study's weights; `--study DIR --seed N --method M` picks a study's) or pass "
             "--weights PATH"
         )
     override_files, origin = _override_list(overrides, weights)
@@ -400,9 +437,7 @@ def export_bundle(
 
     study = load_study(report)
     provenance = find_provenance(weights, study)
-    kind = provenance.kind if provenance else (
-        "segmentation" if "segmentation" in name else "synthesis"
-    )  # fmt: skip
+    kind = provenance.kind if provenance else bundle_kind(bundle)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / f".{name}.partial"

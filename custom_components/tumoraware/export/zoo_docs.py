@@ -6,10 +6,11 @@ Performance, MONAI Bundle Commands, References, License. The text comes from the
 Input/Output specs come from ``metadata.json``; Performance holds measured numbers from the
 demo study's ``report.json``, or says plainly that there are none.
 
-Which row of the study the shipped weights are: a stage of ``tumoraware demo``/``reproduce``
-writes ``stage.json`` beside ``models/`` (``seed0/segmentation/<method>/train``), so the weights
-``.../train/models/model.pt`` are identified by ``.../train/stage.json`` when that stage is in the
-report.
+Which row of the study the shipped weights are: a training stage of ``tumoraware demo`` /
+``reproduce`` writes ``stage.json`` (:class:`~tumoraware.pipeline.layout.StageRecord`) into the
+stage folder that holds the weights, with the stage's seed, kind and method as fields, so the
+weights are identified by that record when they are the study's weights of that stage
+(:class:`~tumoraware.pipeline.layout.StudyLayout`) and the stage is in the report.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tumoraware.pipeline.layout import (
+    TRAIN,
+    StageRecord,
+    StudyLayout,
+    read_stage_record,
+    weights_stage_dir,
+)
 
 __all__ = [
     "Provenance",
@@ -53,13 +62,13 @@ _SEG_METRICS = (
 
 @dataclass(frozen=True)
 class Provenance:
-    """The study stage that trained the shipped weights: ``seed0/<kind>/<method>/train``."""
+    """The study stage that trained the shipped weights (from its ``stage.json``)."""
 
-    stage: str
+    stage: str  # the stage's name in the study and its report
     seed: int
     kind: str  # "synthesis" or "segmentation"
     method: str
-    command: tuple[str, ...]
+    configs: tuple[str, ...]  # the config files it ran, the base config first
 
 
 @dataclass(frozen=True)
@@ -71,28 +80,19 @@ class Study:
     report: Mapping[str, Any]
 
 
-def stage_of(weights: str | Path) -> dict | None:
-    """``stage.json`` of the run that wrote ``.../train/models/model.pt``, if there is one."""
-    marker = Path(weights).resolve().parent.parent / "stage.json"
-    if marker.is_file():
-        return json.loads(marker.read_text())
-    return None
+def stage_of(weights: str | Path) -> StageRecord | None:
+    """The record (``stage.json``) of the training stage that wrote ``weights``, if there is
+    one of the current schema."""
+    return read_stage_record(weights_stage_dir(weights))
 
 
 def stage_overrides(weights: str | Path) -> list[str] | None:
     """The override config files (``configs/profiles/demo.json``, ...) the weights were trained
-    with, read from the stage's command (``--config_file "['configs/train.json', ...]"``)."""
-    import ast
-
-    stage = stage_of(weights)
-    if stage is None:
+    with: the stage's config files after its base config."""
+    record = stage_of(weights)
+    if record is None or not record.configs:
         return None
-    command = list(stage.get("command", []))
-    if "--config_file" not in command:
-        return None
-    files = ast.literal_eval(command[command.index("--config_file") + 1])
-    files = [files] if isinstance(files, str) else list(files)
-    return [str(f) for f in files[1:]]
+    return list(record.configs[1:])
 
 
 def load_study(report: str | Path | None) -> Study | None:
@@ -102,18 +102,18 @@ def load_study(report: str | Path | None) -> Study | None:
 
 
 def find_provenance(weights: str | Path, study: Study | None) -> Provenance | None:
-    """The study stage that produced ``weights``, when its ``stage.json`` names a stage of the
-    report (and the weights lie inside the report's folder)."""
-    stage = stage_of(weights)
-    if stage is None or study is None:
+    """The study stage that produced ``weights``, when its ``stage.json`` records a training
+    stage of the report's study whose weights these are."""
+    record = stage_of(weights)
+    if record is None or study is None or record.address is None:
         return None
-    name = str(stage.get("name", ""))
-    parts = name.split("/")
-    inside = Path(weights).resolve().is_relative_to(study.path.parent)
+    address = record.address
+    layout = StudyLayout.of_report(study.path)
+    expected = layout.weights(address.seed, address.kind, address.method).resolve()
     known = {s.get("name") for s in study.report.get("stages", [])}
-    if len(parts) != 4 or not parts[0].startswith("seed") or not inside or name not in known:
+    if address.step != TRAIN or expected != Path(weights).resolve() or record.name not in known:
         return None
-    return Provenance(name, int(parts[0][4:]), parts[1], parts[2], tuple(stage.get("command", [])))
+    return Provenance(record.name, address.seed, address.kind, address.method, record.configs)
 
 
 def _seed_value(entry: Mapping[str, Any], study: Study, seed: int) -> float | None:

@@ -5,7 +5,8 @@ imports (the CPU torch 2.13 wheel has none that works), so it cannot share tumor
 environment; real users run it in its own, and so do we. On these machines
 ``torch==2.14.1 torchvision==0.29.1`` install from local wheels. The environment lives under
 ``~/.cache/tumoraware/`` (``$TUMORAWARE_CACHE`` or ``cache_dir`` to move it), named by a hash of
-what is installed, so a changed requirement list builds a new one beside the old.
+what is installed, so a changed requirement list builds a new one beside the old. The pins, in
+pip's three steps, are in ``requirements.txt`` beside this module (shipped with the package).
 
 A stamp file, written atomically after the last step succeeded, marks a finished environment;
 without it the folder is removed and built again, so an interrupted install never counts.
@@ -25,6 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from tumoraware.atomic import write_json_atomic
@@ -36,63 +38,47 @@ __all__ = [
     "ensure_label_env",
 ]
 
-MONAILABEL_VERSION = "0.8.5"
+REQUIREMENTS_FILE = "requirements.txt"
+"""The pinned requirements, shipped beside this module: one pip step per ``# step:`` section."""
 
+
+def read_requirements(text: str | None = None) -> list[tuple[str, list[str]]]:
+    """The pip steps of :data:`REQUIREMENTS_FILE` (or of ``text``), in order:
+    ``(title, pip install arguments)``.
+
+    A ``# step: TITLE`` line starts a step, a ``# pip: OPTIONS`` line (before the step's
+    requirements) gives its pip options, every other non-comment line is a requirement.
+    """
+    if text is None:
+        text = (resources.files(__package__) / REQUIREMENTS_FILE).read_text(encoding="utf-8")
+    steps: list[tuple[str, list[str]]] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line.startswith("#"):
+            line = line.split(" #", 1)[0].strip()  # an inline comment
+        where = f"{REQUIREMENTS_FILE} line {number}"
+        if line.startswith("# step:"):
+            steps.append((line[len("# step:") :].strip(), []))
+        elif line.startswith("# pip:"):
+            if not steps or steps[-1][1]:
+                raise ValueError(f"{where}: '# pip:' must follow a '# step:' line directly")
+            steps[-1][1].extend(line[len("# pip:") :].split())
+        elif line and not line.startswith("#"):
+            if not steps:
+                raise ValueError(f"{where}: requirement {line!r} before the first '# step:'")
+            steps[-1][1].append(line)
+    return steps
+
+
+_STEPS = read_requirements()
 # Step 1: the torch pair with a working torchvision (local wheels on these machines).
-TORCH_REQUIREMENTS = ("torch==2.14.1", "torchvision==0.29.1")
-# Step 2: MONAI Label itself without its dependencies: its metadata asks for ``sam2`` (an sdist
-# whose build installs a second torch, ~1 min, and that is only used with ``--conf sam2 true``,
-# which needs a download) and for MONAI's ``itk`` / ``mlflow`` / ``openslide`` / ``lmdb`` extras
-# (1.5 GB of ITK filters and an experiment tracker the bundle server never imports).
-MONAILABEL_REQUIREMENT = f"monailabel=={MONAILABEL_VERSION}"
-# Step 3: what MONAI Label imports (its own requirement list minus the above), ITK's core + IO
-# for its NIfTI writer, and what the exported tumoraware bundles import (their vendored code).
-# MONAI 1.5.2, not 1.6: 1.6's Spacingd calls ``.update`` on every ``image_*`` key of a NIfTI
-# sample, and MONAI Label puts the string ``image_path`` there (AttributeError on /infer).
-DEPENDENCIES = (
-    "monai[fire,ignite,nibabel,pillow,psutil,skimage,tensorboard,tqdm]==1.5.2",
-    "pydicom>=2.4.4,<3",
-    "itk-core>=5.3",
-    "itk-io>=5.3",
-    "uvicorn>=0.29.0",
-    "pydantic>=2.7.0",
-    "pydantic-settings>=2.2.1",
-    "python-dotenv>=1.0.1",
-    "fastapi>=0.110.2",
-    "python-multipart>=0.0.9",
-    "httpx>=0.27.0",
-    "schedule>=1.2.1",
-    "dicomweb-client[gcp]>=0.59.1",
-    "timeloop>=1.0.2",
-    "expiringdict>=1.2.2",
-    "expiring_dict>=1.1.0",
-    "cachetools>=5.3.3",
-    "watchdog>=4.0.0",
-    "pydicom-seg>=0.4.1",
-    "pynetdicom>=2.0.2",
-    "pynrrd>=1.0.0",
-    "numpymaxflow>=0.0.7",
-    "girder-client>=3.2.3",
-    "ninja>=1.11.1.1",
-    "einops>=0.7.0",
-    "pyyaml>=6.0.1",
-    "filelock>=3.11.0",
-    "passlib>=1.7.4",
-    "pyjwt>=2.8.0",
-    "bcrypt>=4.1.2",
-    "shapely>=2.0.4",
-    "requests>=2.31.0",
-    "requests-toolbelt>=1.0.0",
-    "urllib3>=2.2.1",
-    "scikit-learn",
-    "scipy",
-    "google-auth>=2.29.0",
-    "nibabel>=5.2",
-    "matplotlib>=3.8",
-    # pydicom-seg (DICOM SEG output) pins jsonschema<4; the vendored manifest code imports it
-    # but validates only in `tumoraware manifest`, which never runs here.
-    "jsonschema",
-)
+TORCH_REQUIREMENTS = tuple(_STEPS[0][1])
+# Step 2: MONAI Label itself, without its dependencies (why: see the requirements file).
+MONAILABEL_REQUIREMENT = next(r for r in _STEPS[1][1] if r.startswith("monailabel=="))
+MONAILABEL_VERSION = MONAILABEL_REQUIREMENT.split("==", 1)[1]
+# Step 3: what MONAI Label and the exported tumoraware bundles import.
+DEPENDENCIES = tuple(_STEPS[2][1])
+
 # What must import in a finished environment (torchvision's C++ ops included).
 SMOKE_TEST = (
     "import torch, torchvision, monai, monailabel, pydicom, itk, nibabel; "
@@ -114,12 +100,8 @@ def default_cache_dir() -> Path:
 
 
 def _steps() -> list[tuple[str, list[str]]]:
-    """The pip steps, in order: ``(title, pip install arguments)``."""
-    return [
-        ("torch + torchvision", list(TORCH_REQUIREMENTS)),
-        (f"MONAI Label {MONAILABEL_VERSION}", ["--no-deps", MONAILABEL_REQUIREMENT]),
-        ("MONAI + MONAI Label's dependencies", list(DEPENDENCIES)),
-    ]
+    """The pip steps, in order: ``(title, pip install arguments)``, from the requirements file."""
+    return [(title, list(args)) for title, args in _STEPS]
 
 
 def env_key(python: str | os.PathLike = sys.executable) -> str:
@@ -204,8 +186,8 @@ def ensure_label_env(
 ) -> LabelEnv:
     """Return the cached MONAI Label environment, building it first when it is missing.
 
-    Cold, on a 2-core machine with the torch wheels on local disk, the build takes a few
-    minutes and ~7 GB (torch 2.14.1 is a CUDA build); afterwards this returns at once.
+    Cold, the build takes minutes and gigabytes of disk (torch 2.14.1 is a CUDA build);
+    afterwards this returns at once.
 
     Args:
         cache_dir: where environments live (default :func:`default_cache_dir`).

@@ -2,9 +2,10 @@
 
 ``tumoraware monailabel figure`` exports the demo's segmentation model (``make demo`` writes it
 under ``runs/demo``), starts MONAI Label on a few held-out phantom MRI volumes, runs
-``/infer`` on each, and draws the slice with the most expert-labelled tumour: expert contour in
-red, the mask MONAI Label returned in yellow, 3D Dice in the corner. Two columns: the bundle's
-default (only the largest 3D component kept) and the same request with the bundle's
+``/infer`` on each, and draws the slice with the most expert-labelled tumour, shown
+radiologically (:mod:`tumoraware.visualize.display`): expert contour in red, the mask MONAI
+Label returned in yellow, 3D Dice in the corner. Two columns: the bundle's default (only the
+largest 3D component kept) and the same request with the bundle's
 ``displayable_configs`` option ``keep_largest_component`` switched off (every component).
 """
 
@@ -14,19 +15,22 @@ import os
 import shutil
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.metrics import compute_dice
 from monai.transforms import ScaleIntensityRangePercentiles
 
-from tumoraware.engines.segmentation_report import largest_area_slice
+from tumoraware.data.names import case_name
 from tumoraware.label_server.serve import check_model_listed, start_label_server
 from tumoraware.label_server.server import free_port
+from tumoraware.pipeline.layout import DEMO_STUDY, SEGMENTATION, StudyLayout
+from tumoraware.pipeline.study import SHIPPED
+from tumoraware.visualize.display import largest_area_slice, load_pls
 
 __all__ = ["DEMO_WEIGHTS", "monailabel_demo_figure", "volume_dice"]
 
-DEMO_WEIGHTS = "runs/demo/seed0/segmentation/tumour_aware_semi_supervised/train/models/model.pt"
+DEMO_WEIGHTS = str(StudyLayout(DEMO_STUDY).weights(0, SEGMENTATION, SHIPPED[SEGMENTATION]))
+"""The demo study's tumour-aware semi-supervised segmentation weights (seed 0)."""
 
 
 def _normalise(volume: np.ndarray) -> np.ndarray:
@@ -88,18 +92,18 @@ def monailabel_demo_figure(
     with server:
         check_model_listed(server.wait_ready(), name, server)
         for case in cases:
-            image_id = Path(case["image"]).name.removesuffix(".nii.gz")
-            volume = np.asarray(nib.load(case["image"]).dataobj, dtype=np.float32)
-            expert = np.asarray(nib.load(case["label"]).dataobj) > 0
+            image_id = case_name(case["image"])
+            volume = load_pls(case["image"])[0].astype(np.float32)  # (P, L, S)
+            expert = load_pls(case["label"])[0] > 0
             z, _ = largest_area_slice(expert)
             masks = []
             for keep in columns.values():
                 out = work / "masks" / f"{image_id}_keep_largest_{keep}.nii.gz"
                 server.infer(name, image_id, out, params={"keep_largest_component": keep})
-                masks.append(np.asarray(nib.load(out).dataobj) > 0)
-            images.append(np.rot90(_normalise(volume)[:, :, z])[None])
-            experts.append(np.rot90(expert[:, :, z])[None].astype(np.float32))
-            predictions.append(np.stack([np.rot90(m[:, :, z]) for m in masks]).astype(np.float32))
+                masks.append(load_pls(out)[0] > 0)
+            images.append(_normalise(volume)[:, :, z][None])
+            experts.append(expert[:, :, z][None].astype(np.float32))
+            predictions.append(np.stack([m[:, :, z] for m in masks]).astype(np.float32))
             titles.append(f"{image_id.removesuffix('_image')} z={z}")
             notes.append([f"3D Dice {volume_dice(expert, m):.2f}" for m in masks])
     return save_contour_grid(

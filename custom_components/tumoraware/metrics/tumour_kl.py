@@ -52,30 +52,22 @@ a tumour spread over 30 bins) and measures ``eps`` more than the method; JS, bou
 The metric is pooled, not averaged over cases, so it has no ``reduction``: a per-case KL over a
 few hundred tumour voxels in 64 bins would mostly measure empty bins.
 
-Two ways to use it:
-
-- :class:`TumourKLMetric`: a plain accumulator (``reset`` / ``update_synthetic`` /
-  ``update_real`` / ``aggregate``), for loops and scripts, local to its process.
-- :class:`TumourKLIgniteMetric`: the same as an :class:`ignite.metrics.Metric` for ignite and
-  MONAI evaluators; its histograms are summed across processes under DDP.
+:class:`TumourKLMetric` is a plain accumulator (``reset`` / ``update_synthetic`` /
+``update_real`` / ``aggregate``), local to its process; the synthesis validation feeds it from
+an evaluator (:class:`~tumoraware.handlers.synthesis_validation.TumourKLHandler`).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ignite.exceptions import NotComputableError
-from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
 __all__ = [
-    "TumourKLIgniteMetric",
     "TumourKLMetric",
     "js_divergence",
     "kl_divergence",
@@ -268,20 +260,6 @@ def _check_not_empty(owner: str, n_synth: int, n_real: int) -> None:
         )
 
 
-def _split_pairs(output: Any) -> tuple[Any, Any, Any, Any]:
-    """``(synthetic, synthetic_mask, real, real_mask)`` from a 4-sequence or a mapping."""
-    keys = TumourKLIgniteMetric.required_output_keys
-    if isinstance(output, Mapping):
-        return tuple(output.get(k) for k in keys)  # type: ignore[return-value]
-    if not isinstance(output, Sequence) or len(output) != 4:
-        got = f"length {len(output)}" if isinstance(output, Sequence) else type(output).__name__
-        raise ValueError(
-            f"expected (synthetic, synthetic_mask, real, real_mask) or a mapping with "
-            f"keys {keys}, got {got}"
-        )
-    return tuple(output)  # type: ignore[return-value]
-
-
 def _check_pair(image: Any, mask: Any, side: str) -> bool:
     """True when the pair is given; ValueError when only one of the two is."""
     if (image is None) != (mask is None):
@@ -298,8 +276,8 @@ class TumourKLMetric:
 
     Pools the intensities of the synthetic MRI inside the CT tumour masks into histogram Q and
     those of the real MRI inside the expert MRI tumour masks into histogram P, then compares the
-    two (recipe: the module docstring). Local to the process; under DDP use
-    :class:`TumourKLIgniteMetric`, which sums its histograms across processes.
+    two (recipe: the module docstring). Local to the process: under DDP each rank pools only
+    the batches it saw.
 
     Args:
         bins: number of fixed bins over ``value_range``. Default 64.
@@ -377,100 +355,3 @@ class TumourKLMetric:
         )
         result.update(n_synth_voxels=n_synth, n_real_voxels=n_real)
         return result
-
-
-# ----------------------------------------------------------------------------- ignite
-class TumourKLIgniteMetric(Metric):
-    """:class:`TumourKLMetric` as an ignite metric, for ignite and MONAI evaluators, DDP-ready.
-
-    ``update`` takes ``(synthetic, synthetic_mask, real, real_mask)`` (after
-    ``output_transform``), or a mapping with all four keys; either pair may be ``None``, so one
-    evaluator pass can feed the synthetic batches and another the real ones, or one pass both.
-    Each may be a ``(B, 1, H, W[, D])`` batch or a list of ``(1, ...)`` samples (MONAI's
-    decollated ``engine.state.output``, e.g. through ``monai.handlers.from_engine``), e.g. for
-    a MONAI evaluator that runs the generator on CT::
-
-        TumourKLIgniteMetric(
-            output_transform=lambda out: (*from_engine(["pred", "label"])(out), None, None)
-        )
-    ``compute`` returns ``{"kl": KL(P_real || Q_synth), "kl_reverse": KL(Q_synth || P_real),
-    "js": JS}`` in nats (lower is better for all three).
-
-    How the result lands in ``engine.state.metrics``: ignite's ``Metric.completed`` treats a
-    mapping result according to ``metrics_result_mode``. We default to ``"flatten"``: the keys
-    ``"kl"``, ``"kl_reverse"`` and ``"js"`` are written directly, and the name given to
-    ``attach`` is *not* a key. Use this metric as one of MONAI's ``additional_metrics``, not as
-    the ``key_metric`` (MONAI's best-model selection reads a scalar under the metric's own name
-    and by default keeps the larger). ``"both"`` (ignite's default) also stores the whole dict
-    under the attach name, which MONAI's ``StatsHandler`` skips as non-scalar; then the attach
-    name must differ from the three keys.
-
-    Under DDP the two histogram tensors are summed over all processes (ignite's
-    ``sync_all_reduce``) before the divergences are computed, so every rank gets the value of
-    the whole data set. On NCCL pass ``device`` = this rank's GPU.
-
-    Args:
-        bins: number of fixed bins over ``value_range``. Default 64.
-        value_range: ``(low, high)`` of the normalised intensity scale. Default ``(-1.0, 1.0)``.
-        eps: smoothing added to every normalised bin. Default ``1e-6``.
-        output_transform: maps ``engine.state.output`` to the 4-tuple above.
-        device: where the histograms are kept (and all-reduced). Default CPU.
-        metrics_result_mode: ``"flatten"`` (default), ``"named"`` or ``"both"``, as in ignite.
-
-    Raises:
-        NotComputableError: at ``compute`` when a side has no tumour voxels (ignite's error for
-            "nothing to compute"; the message says which side and the fix).
-    """
-
-    required_output_keys = ("synthetic", "synthetic_mask", "real", "real_mask")
-    _required_output_keys = required_output_keys
-
-    def __init__(
-        self,
-        bins: int = DEFAULT_BINS,
-        value_range: Sequence[float] = DEFAULT_RANGE,
-        eps: float = DEFAULT_EPS,
-        output_transform: Callable = lambda x: x,
-        device: str | torch.device = "cpu",
-        metrics_result_mode: str = "flatten",
-    ) -> None:
-        self.bins, lo, hi = _check_bins(bins, value_range)
-        self.value_range = (lo, hi)
-        self.eps = _check_eps(eps)
-        # skip_unrolling (ignite >= 0.5.1): our output is 4 items, not ignite's (y_pred, y) pair
-        # of per-sample lists. metrics_result_mode: newer ignite; older ones behave as "both".
-        accepted = inspect.signature(Metric.__init__).parameters
-        extra = {"skip_unrolling": True, "metrics_result_mode": metrics_result_mode}
-        super().__init__(
-            output_transform=output_transform,
-            device=device,
-            **{k: v for k, v in extra.items() if k in accepted},
-        )
-
-    @reinit__is_reduced
-    def reset(self) -> None:
-        """Empty both histograms (ignite calls this at the start of every run / epoch)."""
-        self._p = torch.zeros(self.bins, dtype=torch.float64, device=self._device)
-        self._q = torch.zeros(self.bins, dtype=torch.float64, device=self._device)
-
-    @reinit__is_reduced
-    def update(self, output: Any) -> None:
-        """Add ``(synthetic, synthetic_mask, real, real_mask)``; a ``None`` pair is skipped."""
-        synthetic, synthetic_mask, real, real_mask = _split_pairs(output)
-        if _check_pair(synthetic, synthetic_mask, "synthetic"):
-            hist = tumour_histogram(synthetic, synthetic_mask, self.bins, self.value_range)
-            self._q += hist.to(self._device)
-        if _check_pair(real, real_mask, "real"):
-            hist = tumour_histogram(real, real_mask, self.bins, self.value_range)
-            self._p += hist.to(self._device)
-
-    @sync_all_reduce("_p", "_q")
-    def compute(self) -> dict[str, float]:
-        """``{"kl", "kl_reverse", "js"}`` of the histograms summed over all DDP processes."""
-        p, q = self._p.cpu(), self._q.cpu()
-        try:
-            _check_not_empty(type(self).__name__, int(q.sum()), int(p.sum()))
-        except ValueError as e:
-            raise NotComputableError(str(e)) from None
-        d = _divergences(p, q, self.eps)
-        return {"kl": d["kl_real_synth"], "kl_reverse": d["kl_synth_real"], "js": d["js"]}

@@ -8,7 +8,7 @@
   TensorBoard event files (or, without events, from their ``log.txt``), one panel per term.
 
 Slices are shown radiologically (anterior up, the patient's right on the viewer's left; see
-:func:`~tumoraware.engines.segmentation_report.reorient_pls`), on the normalised ``[-1, 1]``
+:func:`~tumoraware.visualize.display.reorient_pls`), on the normalised ``[-1, 1]``
 scale of :mod:`tumoraware.visualize`. A model or method that was not run gets an empty panel
 marked "not run" instead of an error, so a partial study still shows what exists; nothing at
 all to draw raises ``FileNotFoundError``. Every PNG is written atomically.
@@ -16,7 +16,6 @@ all to draw raises ``FileNotFoundError``. Every PNG is written atomically.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -36,22 +35,18 @@ from monai.transforms import (
     LoadImaged,
     ResampleToMatchd,
     Resize,
-    SpatialPad,
 )
 
 from tumoraware.atomic import atomic_path
 from tumoraware.data.manifest import load_manifest, load_split, splits
+from tumoraware.data.names import case_name
 from tumoraware.engines.cyclegan_trainer import LOSS_KEYS
-from tumoraware.engines.segmentation_report import (
-    CasePanel,
-    case_name,
-    largest_area_slice,
-    load_case_panel,
-    reorient_pls,
-)
+from tumoraware.pipeline.layout import SYNTHESIS, StudyLayout, read_stage_record
 from tumoraware.pipeline.study import METHODS, SYNTHESIS_MODELS
 from tumoraware.transforms import CTWindowd
-from tumoraware.visualize import save_contour_grid
+from tumoraware.visualize.display import evenly, largest_area_slice, pad_stack, reorient_pls
+from tumoraware.visualize.grids import save_contour_grid
+from tumoraware.visualize.panels import CasePanel, load_case_panel
 
 __all__ = [
     "FIG3_FILENAME",
@@ -98,37 +93,18 @@ def fig4_filename(split: str) -> str:
     return f"fig4_{split}.png"
 
 
-def _evenly(items: Sequence[Any], n: int) -> list[Any]:
-    """``n`` items spread evenly over ``items`` (first and last included), or all of them."""
-    if len(items) <= n:
-        return list(items)
-    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
-
-
-def _stage_option(stage_dir: Path, key: str) -> str | None:
-    """The value of ``--key`` in the command a stage ran (its ``stage.json``), or None."""
-    try:
-        command = json.loads((stage_dir / "stage.json").read_text())["command"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    flag = f"--{key}"
-    return next((str(command[i + 1]) for i, a in enumerate(command[:-1]) if a == flag), None)
+def _stage_override(stage_dir: Path, key: str) -> str | None:
+    """The override ``key`` a stage ran with (its ``stage.json``), or None (not overridden, or
+    no record of the current schema)."""
+    record = read_stage_record(stage_dir)
+    value = record.overrides.get(key) if record is not None else None
+    return None if value is None else str(value)
 
 
 def _manifest_entries(manifest: Path, split: str | None = None) -> list[dict[str, Any]]:
     """Entries (absolute paths) of ``split``, or of every split when ``split`` is None."""
     names = [split] if split else list(splits(load_manifest(manifest)))
     return [entry for name in names for entry in load_split(manifest, name)]
-
-
-def _pad_stack(slices: Sequence[np.ndarray], value: float) -> np.ndarray:
-    """``(N, H, W)``: 2D slices centred on the largest (MONAI ``SpatialPad``, constant value)."""
-    h = max(s.shape[0] for s in slices)
-    w = max(s.shape[1] for s in slices)
-    pad = SpatialPad((h, w), method="symmetric", mode="constant", value=value)
-    return np.stack(
-        [np.asarray(pad(torch.as_tensor(s, dtype=torch.float32)[None]))[0] for s in slices]
-    )
 
 
 def _title(text: str, width: int = 20) -> str:
@@ -193,7 +169,7 @@ def write_fig3(
 ) -> Path:
     """Fig. 3: per CT case, CT | CycleGAN | masked CycleGAN | tumour-aware synthetic MRI.
 
-    Reads ``seed{seed}/synthesis/<model>/infer`` (``synthetic_mri.json``, the synthetic MRI
+    Reads each model's inference stage (``synthetic_mri.json``, the synthetic MRI
     and the cropped CT label, both on the crop grid ``(H', W', D)``). ``n_cases`` CT cases are
     spread evenly over the sorted case names; each row shows the axial slice with the largest
     tumour area and the tumour contour in red on every panel. The CT is the original volume
@@ -213,7 +189,8 @@ def write_fig3(
             model, or CT, gives a panel marked "not run" (or "CT not found") instead.
     """
     out = Path(out_dir)
-    infer = {m: out / f"seed{seed}" / "synthesis" / m / "infer" for m in SYNTHESIS_MODELS}
+    layout = StudyLayout(out)
+    infer = {m: layout.inference(seed, m) for m in SYNTHESIS_MODELS}
     synthetic: dict[str, dict[str, dict[str, Any]]] = {}
     for model, folder in infer.items():
         if (folder / "synthetic_mri.json").is_file():
@@ -223,12 +200,12 @@ def write_fig3(
             }
     if not synthetic:
         raise FileNotFoundError(
-            f"fig3: no synthetic MRI under {out / f'seed{seed}' / 'synthesis'}/*/infer "
-            "(synthetic_mri.json). Fix: run the study's synthesis inference stages."
+            f"fig3: no synthetic MRI (synthetic_mri.json) in {', '.join(map(str, infer.values()))}"
+            ". Fix: run the study's synthesis inference stages."
         )
     ref_model = next(iter(synthetic))  # the first model (study order) that was run
-    manifest = ct_manifest or _stage_option(infer[ref_model], "ct_manifest")
-    ct_split = _stage_option(infer[ref_model], "ct_split") or "ct_train"
+    manifest = ct_manifest or _stage_override(infer[ref_model], "ct_manifest")
+    ct_split = _stage_override(infer[ref_model], "ct_split") or "ct_train"
     ct: dict[str, str] = {}
     try:
         if manifest:
@@ -236,7 +213,7 @@ def write_fig3(
     except (OSError, ValueError) as error:  # ManifestError is a ValueError
         logger.warning("fig3: cannot read the CT manifest %s (%s); CT column left empty",
                        manifest, error)  # fmt: skip
-    cases = _evenly(sorted(synthetic[ref_model]), n_cases)
+    cases = evenly(sorted(synthetic[ref_model]), n_cases)
     columns, tumours, titles, notes = [], [], [], []
     for case in cases:
         ref = synthetic[ref_model][case]
@@ -254,9 +231,9 @@ def write_fig3(
         )  # fmt: skip
     shape = next(c for row in columns for c in row if c is not None).shape
     blank = np.full(shape, -1.0, dtype=np.float32)
-    images = _pad_stack([c if c is not None else blank for row in columns for c in row], -1.0)
+    images = pad_stack([c if c is not None else blank for row in columns for c in row], -1.0)
     images = images.reshape(len(cases), -1, *images.shape[1:])  # (N, K, H, W)
-    masks = _pad_stack([t.astype(np.float32) for t in tumours], 0.0)[:, None]  # (N, 1, H, W)
+    masks = pad_stack([t.astype(np.float32) for t in tumours], 0.0)[:, None]  # (N, 1, H, W)
     present = np.array([[c is not None for c in row] for row in columns])[..., None, None]
     masks = masks * present  # (N, K, H, W): no contour on an empty panel
     window = f"CT [{ct_window[0]:g}, {ct_window[1]:g}] HU"
@@ -311,7 +288,7 @@ def write_fig4(
 ) -> Path:
     """Fig. 4: per MRI case of ``split``, one panel per Table-1 method on the same slice.
 
-    Reads ``seed{seed}/segmentation/<method>/eval_<split>/panels/<case>.npz`` (the slice arrays
+    Reads ``panels/<case>.npz`` of each method's evaluation on ``split`` (the slice arrays
     the evaluation's ``SegmentationPanelWriter`` saves, ``(P, L)``, the slice chosen from the
     expert label alone). ``n_cases`` cases are spread evenly over the sorted case names. Each
     panel: the MRI with the expert contour red and the method's segmentation yellow, the case's
@@ -333,21 +310,22 @@ def write_fig4(
         ValueError: two methods' files of one case show different slices or grids.
     """
     out = Path(out_dir)
+    layout = StudyLayout(out)
     found: dict[str, dict[str, Path]] = {}
     missing: dict[str, str] = {}  # the note on a method's panel without a file
     for method in METHODS:
-        folder = out / f"seed{seed}" / "segmentation" / method.key / f"eval_{split}"
+        folder = layout.evaluation(seed, method.key, split)
         found[method.key] = {p.stem: p for p in sorted((folder / "panels").glob("*.npz"))}
         evaluated = (folder / "summary.json").is_file()  # run, but before panels had arrays
         missing[method.key] = NO_ARRAYS if evaluated else NOT_RUN
     cases = sorted({case for files in found.values() for case in files})
     if not cases:
         raise FileNotFoundError(
-            f"fig4: no panel arrays (panels/<case>.npz) under "
-            f"{out / f'seed{seed}' / 'segmentation'}/*/eval_{split}. Fix: re-run the "
+            f"fig4: no panel arrays (panels/<case>.npz) in the {split} evaluations of seed "
+            f"{seed} ({layout.evaluation(seed, METHODS[0].key, split)}, ...). Fix: re-run the "
             "segmentation evaluation stages (their SegmentationPanelWriter writes them)."
         )
-    chosen = _evenly(cases, n_cases)
+    chosen = evenly(cases, n_cases)
     images, experts, predictions, titles, notes = [], [], [], [], []
     for case in chosen:
         panels: dict[str, CasePanel | None] = {
@@ -379,9 +357,9 @@ def write_fig4(
              for key, p in panels.items()]
         )  # fmt: skip
     n, k = len(chosen), len(METHODS)
-    image = _pad_stack(images, -1.0)[:, None]
-    expert = _pad_stack(experts, 0.0)[:, None]
-    prediction = _pad_stack([p for row in predictions for p in row], 0.0)
+    image = pad_stack(images, -1.0)[:, None]
+    expert = pad_stack(experts, 0.0)[:, None]
+    prediction = pad_stack([p for row in predictions for p in row], 0.0)
     prediction = prediction.reshape(n, k, *prediction.shape[1:])
     # a method that was not run: a black panel with its note, no contours
     run = np.array([[note.startswith("DSC") for note in row] for row in notes])[..., None, None]
@@ -471,9 +449,9 @@ def write_loss_curves(out_dir: str | Path, seed: int) -> Path:
         FileNotFoundError: no model of ``seed`` logged any loss.
     """
     out = Path(out_dir)
-    curves = {
-        m: read_losses(out / f"seed{seed}" / "synthesis" / m / "train") for m in SYNTHESIS_MODELS
-    }
+    layout = StudyLayout(out)
+    trainings = {m: layout.train(seed, SYNTHESIS, m) for m in SYNTHESIS_MODELS}
+    curves = {m: read_losses(folder) for m, folder in trainings.items()}
     order = list(LOSS_TITLES)
     tags = sorted(
         {t for c in curves.values() for t in c},
@@ -481,7 +459,7 @@ def write_loss_curves(out_dir: str | Path, seed: int) -> Path:
     )
     if not tags:
         raise FileNotFoundError(
-            f"synthesis losses: no loss logged under {out / f'seed{seed}' / 'synthesis'}/*/train "
+            f"synthesis losses: no loss logged in {', '.join(map(str, trainings.values()))} "
             "(TensorBoard events in runs/, or log.txt). Fix: run the synthesis training stages."
         )
     logged = {t: [m for m, c in curves.items() if t in c and np.any(c[t][1])] for t in tags}

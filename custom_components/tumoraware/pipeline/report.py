@@ -38,6 +38,7 @@ import numpy as np
 from tumoraware import __version__
 from tumoraware.atomic import write_json_atomic, write_text_atomic
 from tumoraware.metrics.paired_bootstrap import bootstrap_mean_ci, judge, paired_matrix
+from tumoraware.pipeline.layout import StudyLayout
 from tumoraware.pipeline.stage import StageResult
 from tumoraware.pipeline.study import (
     EVAL_SPLITS,
@@ -96,13 +97,13 @@ def build_report(
     ``schedule`` says how the stages ran (``workers``, ``threads_per_stage``, ``cores``,
     ``elapsed_s`` of this run), since stage wall times overlap when several ran at once."""
     out = Path(out_dir)
+    layout = StudyLayout(out)
     rows = []
     for method in METHODS:
         row: dict[str, Any] = {"method": method.key, "title": method.title}
         for split in EVAL_SPLITS:
             summaries = [
-                _read(out / f"seed{seed}/segmentation/{method.key}/eval_{split}" / "summary.json")
-                for seed in seeds
+                _read(layout.evaluation(seed, method.key, split) / "summary.json") for seed in seeds
             ]
             for metric, _ in METRICS:
                 means = [summary["metrics"][metric]["mean"] for summary in summaries]
@@ -117,8 +118,7 @@ def build_report(
     kl = {}
     for model in SYNTHESIS_MODELS:
         files = [
-            _read(out / f"seed{seed}/synthesis/{model}/evaluate" / "tumour_kl.json")
-            for seed in seeds
+            _read(layout.synthesis_evaluation(seed, model) / "tumour_kl.json") for seed in seeds
         ]
         values = [f["tumour_kl"] for f in files]
         kl[model] = {
@@ -150,7 +150,7 @@ def build_report(
         "versions": _versions(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    write_json_atomic(out / "report.json", report)
+    write_json_atomic(layout.report, report)
     write_text_atomic(out / "table1.csv", _csv(rows))
     write_text_atomic(out / "report.md", _markdown(report))
     return report
@@ -172,9 +172,10 @@ def _preservation(out: Path, seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
     Models or splits whose ``preservation.json`` is missing in a seed are left out (a study
     over a CT manifest without ``ct_test`` has no held-out split)."""
     result: dict[str, dict[str, Any]] = {}
+    layout = StudyLayout(out)
     targets = [(m, split) for m in SYNTHESIS_MODELS for split in PRESERVATION_SPLITS]
     for model, split in [*targets, (REAL_MRI, "mri_test")]:
-        paths = [out / preservation_name(s, model, split) / "preservation.json" for s in seeds]
+        paths = [layout.preservation(s, model, split) / "preservation.json" for s in seeds]
         if not seeds or not all(p.is_file() for p in paths):
             continue
         files = [_read(p) for p in paths]
@@ -210,9 +211,10 @@ def _tumour_networks(out: Path, seeds: Sequence[int]) -> dict[str, list[dict[str
     largest centre excess and U_MRI's Dice on synthetic and on real MRI (``evaluate`` stage's
     ``tumour_networks.json``; models without one are left out)."""
     result: dict[str, list[dict[str, Any]]] = {}
+    layout = StudyLayout(out)
     for model in SYNTHESIS_MODELS:
         for seed in seeds:
-            path = out / f"seed{seed}/synthesis/{model}/evaluate/tumour_networks.json"
+            path = layout.synthesis_evaluation(seed, model) / "tumour_networks.json"
             if path.is_file():
                 check = _read(path)
                 result.setdefault(model, []).append({

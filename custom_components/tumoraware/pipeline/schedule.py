@@ -1,10 +1,9 @@
 """Run a study's stages several at a time, each as soon as the stages it consumes are done.
 
 Why: on the 2-core CPU the demo targets, one training process does not keep both cores busy
-(data loading, the Python engine loop and small convolutions are serial). Measured here: two
-1-thread synthesis trainings side by side finished in 64.8 s together, one 2-thread training
-alone took 58.8 s, i.e. 1.8x the throughput. The study's stages form a DAG (three synthesis
-chains, five segmentation chains, ``BundleStage.after``), so most of them can overlap.
+(data loading, the Python engine loop and small convolutions are serial), so two 1-thread
+stages side by side get more done than one 2-thread stage. The study's stages form a DAG (three
+synthesis chains, five segmentation chains, ``BundleStage.after``), so most of them can overlap.
 
 Each running stage gets ``cores // workers`` threads (``OMP_NUM_THREADS``), so ``workers``
 stages never oversubscribe the cores. Results stay deterministic per seed: every stage is its
@@ -54,10 +53,10 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _kind(name: str) -> str:
-    """``seed0/segmentation/cyclegan/eval_mri_test`` -> ``segmentation/eval_mri_test``."""
-    parts = name.split("/")
-    return f"{parts[1]}/{parts[-1]}" if len(parts) > 2 else name
+def _kind(stage: BundleStage) -> str:
+    """The stages whose wall time estimates this one's: a study stage's kind, step and split
+    (``segmentation/evaluate/mri_test`` for every method and seed); else its own name."""
+    return stage.address.group if stage.address is not None else stage.name
 
 
 def _check_graph(stages: Sequence[BundleStage]) -> None:
@@ -150,7 +149,7 @@ def run_stages(
                 position = free_positions.pop(0)
                 future = pool.submit(
                     run_stage, stage, Path(out_dir) / stage.name, dict(hashes), progress,
-                    env, walls.get(_kind(stage.name)), position, cancel,
+                    env, walls.get(_kind(stage)), position, cancel,
                 )  # fmt: skip
                 running[future] = (stage, position)
 
@@ -172,7 +171,7 @@ def run_stages(
                                 "stage(s) to finish (Ctrl-C stops them)")  # fmt: skip
                         continue
                     if result.wall_s:  # a skipped stage's recorded time is as good an estimate
-                        walls[_kind(stage.name)] = result.wall_s
+                        walls[_kind(stage)] = result.wall_s
                     hashes[stage.name] = result.content_hash
                     results[stage.name] = result
                     done = f"done in {_duration(result.wall_s)}"

@@ -4,14 +4,16 @@ A stage is what a user would type, ``python -m monai.bundle run --config_file [.
 in a bundle folder, plus what it depends on. Its *content hash* covers everything that decides
 its result: the bytes of its config files, its overrides, the bytes of the input files it
 names (e.g. manifests) and the hashes of the stages it consumes. A finished stage writes
-``stage.json`` (hash, wall time) into its run folder last, atomically; a re-run with the same
-hash and all declared outputs present is skipped, so an interrupted study continues where it
-stopped and a changed config re-runs exactly the stages downstream of the change.
+``stage.json`` (:class:`~tumoraware.pipeline.layout.StageRecord`: hash, wall time, bundle, config
+files, overrides and the stage's address in the study) into its run folder last, atomically; a
+re-run with the same hash, a record of the current schema and all declared outputs present is
+skipped, so an interrupted study continues where it stopped and a changed config re-runs
+exactly the stages downstream of the change.
 
 The bundle runs in its own process, with its own memory, exactly as ``python -m monai.bundle
 run`` runs it (same module, same ``argv``), but forked from a *forkserver* that has already
-imported torch and MONAI: a fresh interpreter spends ≈ 5 s importing them, which was a third of
-every evaluation stage and 2 of the ≈ 4 min of the tiny end-to-end demo. The forkserver never
+imported torch and MONAI: a fresh interpreter spends seconds importing them, a large share of
+every short evaluation stage and of the tiny end-to-end demo. The forkserver never
 runs a torch op, so forking it is safe (no OpenMP pool to inherit), and each stage still starts
 from the same clean state. Its log goes to ``<run_dir>/log.txt`` and drives a progress bar
 from MONAI's ``StatsHandler`` lines (``Epoch: e/E, Iter: i/I``). Evaluation and inference runs
@@ -39,12 +41,16 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from tumoraware.atomic import write_json_atomic
+from tumoraware.pipeline.layout import (
+    MARKER,
+    StageAddress,
+    StageRecord,
+    write_stage_record,
+)
 
 __all__ = ["BundleStage", "StageResult", "run_stage"]
 
 _TRAIN_PROGRESS = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+)")
-MARKER = "stage.json"
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,8 @@ class BundleStage:
     """One bundle run.
 
     Args:
-        name: unique stage name, e.g. ``"synthesis_train/tumour_aware"`` (also the run folder
-            below the study folder).
+        name: unique stage name, e.g. ``"seed0/synthesis/tumour_aware/train"`` (also the run
+            folder below the study folder); ``address.name`` for a study stage.
         bundle: the bundle folder (``cwd`` of the run; its configs are relative to it).
         configs: config files relative to ``bundle``, later ones override earlier ones.
         overrides: ``--id value`` pairs (values are passed as ``str``; paths should be absolute).
@@ -61,6 +67,8 @@ class BundleStage:
             are covered by ``after`` instead).
         after: names of the stages whose results this one consumes.
         outputs: files (relative to the run folder) a successful run must leave.
+        address: what the stage is in a study (:class:`~tumoraware.pipeline.layout.StageAddress`),
+            recorded in its ``stage.json``; None for a stage outside a study layout.
     """
 
     name: str
@@ -70,6 +78,14 @@ class BundleStage:
     inputs: Sequence[Path] = ()
     after: Sequence[str] = ()
     outputs: Sequence[str] = ()
+    address: StageAddress | None = None
+
+    def __post_init__(self) -> None:
+        if self.address is not None and self.name != self.address.name:
+            raise ValueError(
+                f"stage {self.name}: its address {self.address} names the folder "
+                f"{self.address.name}. Fix: name a study stage by its address."
+            )
 
     def bundle_args(self) -> list[str]:
         """The arguments after ``python -m monai.bundle``: ``run --config_file [...] --id v``."""
@@ -135,11 +151,14 @@ def _previous_record(run_dir: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _is_done(record: dict[str, Any] | None, run_dir: Path, stage: BundleStage, digest: str) -> bool:
-    """Whether ``record`` is a finished run of exactly this stage whose outputs still exist."""
+def _is_done(record: StageRecord | None, run_dir: Path, stage: BundleStage, digest: str) -> bool:
+    """Whether ``record`` is a finished run of exactly this stage, at this address, whose
+    outputs still exist (None, e.g. a record of an older schema, counts as changed: it lacks
+    fields readers need)."""
     return (
         record is not None
-        and record.get("content_hash") == digest
+        and record.content_hash == digest
+        and record.address == stage.address
         and all((run_dir / out).exists() for out in stage.outputs)
     )
 
@@ -285,8 +304,9 @@ def run_stage(
     run_dir = Path(run_dir)
     digest = stage.content_hash(upstream)
     record = _previous_record(run_dir)
-    if _is_done(record, run_dir, stage, digest):
-        return StageResult(stage.name, digest, True, float(record.get("wall_s", 0.0)), run_dir)
+    done = StageRecord.from_json(record)
+    if done is not None and _is_done(done, run_dir, stage, digest):
+        return StageResult(stage.name, digest, True, done.wall_s, run_dir)
     with contextlib.suppress(KeyError, TypeError, ValueError):  # no usable wall time: keep ours
         expected_s = float(record["wall_s"]) if record is not None else expected_s
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -333,9 +353,18 @@ def run_stage(
             f"stage {stage.name} finished but did not write {missing} in {run_dir}. Fix: check "
             f"the stage's output overrides; its log is {log_path}."
         )
-    write_json_atomic(
-        run_dir / MARKER,
-        {"name": stage.name, "content_hash": digest, "wall_s": round(wall, 3),
-         "command": stage.command()[1:], "finished": time.strftime("%Y-%m-%dT%H:%M:%S")},
-    )  # fmt: skip
+    write_stage_record(
+        run_dir,
+        StageRecord(
+            name=stage.name,
+            content_hash=digest,
+            wall_s=round(wall, 3),
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            bundle=str(stage.bundle),
+            configs=tuple(stage.configs),
+            overrides=dict(stage.overrides),
+            address=stage.address,
+            command=tuple(stage.command()[1:]),
+        ),
+    )
     return StageResult(stage.name, digest, False, wall, run_dir)

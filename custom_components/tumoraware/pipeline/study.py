@@ -31,14 +31,30 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from tumoraware.pipeline.layout import (
+    EVALUATE,
+    INFER,
+    MODELS_DIR,
+    PRESERVATION,
+    PRESERVE,
+    SEGMENTATION,
+    SYNTHESIS,
+    TRAIN,
+    WEIGHTS_FILE,
+    StageAddress,
+    StudyLayout,
+)
 from tumoraware.pipeline.stage import BundleStage
 
 __all__ = [
+    "BUNDLES",
     "EVAL_SPLITS",
     "METHODS",
     "PRESERVATION_SPLITS",
     "READER",
+    "SHIPPED",
     "SYNTHESIS_MODELS",
     "Method",
     "preservation_name",
@@ -82,11 +98,16 @@ READER = "week_one_only"
 """The method whose segmenter reads synthetic MRI: trained on real labelled MRI only."""
 REAL_MRI = "real_mri"
 """The ceiling's name in the preservation layout: the reader on real held-out MRI."""
+BUNDLES = {SYNTHESIS: "lung_ct2mri_synthesis", SEGMENTATION: "lung_mri_tumor_segmentation"}
+"""The bundle folder (below the bundles folder) of each kind of training."""
+SHIPPED = {SYNTHESIS: "tumour_aware", SEGMENTATION: "tumour_aware_semi_supervised"}
+"""Per kind, the method whose weights are exported and served: the paper's proposed ones."""
 
 
 def preservation_name(seed: int, model: str, split: str) -> str:
-    """``seed0/preservation/tumour_aware/ct_test`` (``model = "real_mri"``: the ceiling)."""
-    return f"seed{seed}/preservation/{model}/{split}"
+    """The name (and folder below the study) of a preservation stage (``model = "real_mri"``:
+    the ceiling); :meth:`StudyLayout.preservation` is its path."""
+    return StageAddress(seed, PRESERVATION, model, PRESERVE, split).name
 
 
 def _splits_in(manifest: Path, splits: Sequence[str]) -> list[str]:
@@ -111,109 +132,122 @@ def study_stages(
 
     Args:
         bundles_dir: the folder holding both bundles.
-        out_dir: the study folder; stage ``name`` is its run folder below it.
+        out_dir: the study folder; stage ``name`` is its run folder below it
+            (:class:`~tumoraware.pipeline.layout.StudyLayout`).
         ct_manifest: labelled CT (split ``ct_train``) for synthesis.
         mri_manifest: MRI splits ``mri_unlabelled`` (synthesis), ``mri_week1`` (labelled
             training), ``mri_validation`` and ``mri_test``.
         seed: the seed of every stage.
         profile: a profile override of both bundles (``demo``, ``test``) or None (the paper's).
     """
-    synthesis = Path(bundles_dir) / "lung_ct2mri_synthesis"
-    segmentation = Path(bundles_dir) / "lung_mri_tumor_segmentation"
-    out, prof = Path(out_dir), _profile(profile)
+    synthesis = Path(bundles_dir) / BUNDLES[SYNTHESIS]
+    segmentation = Path(bundles_dir) / BUNDLES[SEGMENTATION]
+    layout, prof = StudyLayout(Path(out_dir)), _profile(profile)
     data = {
         "ct_manifest": Path(ct_manifest).resolve(),
         "mri_manifest": Path(mri_manifest).resolve(),
     }
     inputs = sorted({data["ct_manifest"], data["mri_manifest"]})
     stages: list[BundleStage] = []
-    root = f"seed{seed}"
+
+    def stage(address: StageAddress, bundle: Path, configs: list[str],
+              overrides: dict[str, Any], **kw: Any) -> BundleStage:  # fmt: skip
+        return BundleStage(address.name, bundle, configs, overrides, inputs=inputs,
+                           address=address, **kw)  # fmt: skip
+
     for model, extra in SYNTHESIS_MODELS.items():
         if not any(m.synthesis == model for m in METHODS):
             continue
         train, evaluate, infer = (
-            f"{root}/synthesis/{model}/{s}" for s in ("train", "evaluate", "infer")
+            StageAddress(seed, SYNTHESIS, model, step) for step in (TRAIN, EVALUATE, INFER)
         )
+        models = layout.models(seed, SYNTHESIS, model)
         stages += [
-            BundleStage(
+            stage(
                 train, synthesis, ["configs/train.json", *extra, *prof],
-                {**data, "ckpt_dir": out / train / "models", "output_dir": out / train / "runs",
+                {**data, "ckpt_dir": models, "output_dir": layout.events(seed, SYNTHESIS, model),
                  "seed": seed},
-                inputs=inputs, outputs=["models/model.pt", "models/checkpoint_final.pt"],
+                outputs=[WEIGHTS_FILE, f"{MODELS_DIR}/checkpoint_final.pt"],
             ),
-            BundleStage(
+            stage(
                 evaluate, synthesis, ["configs/train.json", "configs/evaluate.json", *extra, *prof],
-                {**data, "ckpt_dir": out / train / "models", "output_dir": out / evaluate,
+                {**data, "ckpt_dir": models, "output_dir": layout.stage_dir(evaluate),
                  "seed": seed},
-                inputs=inputs, after=[train], outputs=["tumour_kl.json"],
+                after=[train.name], outputs=["tumour_kl.json"],
             ),
-            BundleStage(
+            stage(
                 infer, synthesis, ["configs/inference.json", *extra, *prof],
                 {"ct_manifest": data["ct_manifest"],
-                 "ckpt_path": out / train / "models" / "model.pt", "output_dir": out / infer},
-                inputs=inputs, after=[train], outputs=["synthetic_mri.json"],
+                 "ckpt_path": layout.weights(seed, SYNTHESIS, model),
+                 "output_dir": layout.stage_dir(infer)},
+                after=[train.name], outputs=["synthetic_mri.json"],
             ),
         ]  # fmt: skip
     for method in METHODS:
-        train = f"{root}/segmentation/{method.key}/train"
-        after = [f"{root}/synthesis/{method.synthesis}/infer"] if method.synthesis else []
+        train = StageAddress(seed, SEGMENTATION, method.key, TRAIN)
+        source = (
+            StageAddress(seed, SYNTHESIS, method.synthesis, INFER) if method.synthesis else None
+        )
         synthetic = (
-            {"synthetic_manifest": out / after[0] / "synthetic_mri.json"}
-            if method.synthesis
+            {"synthetic_manifest": layout.stage_dir(source) / "synthetic_mri.json"}
+            if source
             else {}
         )
         variant = f"configs/variants/{method.variant}.json"
         stages.append(
-            BundleStage(
+            stage(
                 train, segmentation, ["configs/train.json", variant, *prof],
                 {"mri_manifest": data["mri_manifest"], **synthetic,
-                 "ckpt_dir": out / train / "models", "output_dir": out / train / "runs",
-                 "seed": seed},
-                inputs=inputs, after=after, outputs=["models/model.pt"],
+                 "ckpt_dir": layout.models(seed, SEGMENTATION, method.key),
+                 "output_dir": layout.events(seed, SEGMENTATION, method.key), "seed": seed},
+                after=[source.name] if source else [], outputs=[WEIGHTS_FILE],
             )
         )  # fmt: skip
         for split in EVAL_SPLITS:
-            name = f"{root}/segmentation/{method.key}/eval_{split}"
+            evaluation = StageAddress(seed, SEGMENTATION, method.key, EVALUATE, split)
             stages.append(
-                BundleStage(
-                    name, segmentation, ["configs/train.json", "configs/evaluate.json", *prof],
+                stage(
+                    evaluation, segmentation,
+                    ["configs/train.json", "configs/evaluate.json", *prof],
                     {"mri_manifest": data["mri_manifest"], "eval_split": split,
-                     "ckpt_dir": out / train / "models", "output_dir": out / name,
+                     "ckpt_dir": layout.models(seed, SEGMENTATION, method.key),
+                     "output_dir": layout.stage_dir(evaluation),
                      "method_name": method.title, "seed": seed},
-                    inputs=inputs, after=[train], outputs=["summary.json", "fig4_panels.png"],
+                    after=[train.name], outputs=["summary.json", "fig4_panels.png"],
                 )
             )  # fmt: skip
-    reader = f"{root}/segmentation/{READER}/train"
+    reader = StageAddress(seed, SEGMENTATION, READER, TRAIN)
     reader_overrides = {
         "reader_configs": [str(segmentation / "configs" / "train.json"),
                            *(str(segmentation / c) for c in prof)],
-        "reader_checkpoint": out / reader / "models" / "model.pt",
+        "reader_checkpoint": layout.weights(seed, SEGMENTATION, READER),
     }  # fmt: skip
     for model, extra in SYNTHESIS_MODELS.items():
-        weights = out / root / "synthesis" / model / "train" / "models" / "model.pt"
+        trained = StageAddress(seed, SYNTHESIS, model, TRAIN)
         for split in _splits_in(data["ct_manifest"], PRESERVATION_SPLITS):
-            name = preservation_name(seed, model, split)
+            score = StageAddress(seed, PRESERVATION, model, PRESERVE, split)
             stages.append(
-                BundleStage(
-                    name, synthesis,
+                stage(
+                    score, synthesis,
                     ["configs/inference.json", "configs/preservation.json", *extra, *prof],
                     {"ct_manifest": data["ct_manifest"], "ct_split": split,
-                     "ckpt_path": weights,
-                     **reader_overrides, "output_dir": out / name,
+                     "ckpt_path": layout.weights(seed, SYNTHESIS, model),
+                     **reader_overrides, "output_dir": layout.stage_dir(score),
                      "preservation_title": f"{model} on {split}"},
-                    inputs=inputs, after=[f"{root}/synthesis/{model}/train", reader],
+                    after=[trained.name, reader.name],
                     outputs=["preservation.json", "preservation_cases.csv"],
                 )
             )  # fmt: skip
-    ceiling = preservation_name(seed, REAL_MRI, "mri_test")
+    ceiling = StageAddress(seed, PRESERVATION, REAL_MRI, PRESERVE, "mri_test")
     stages.append(
-        BundleStage(
+        stage(
             ceiling, synthesis,
             ["configs/inference.json", "configs/preservation.json", *prof],
             {"read_real_mri": True, "mri_manifest": data["mri_manifest"], "mri_split": "mri_test",
-             "ct_manifest": data["ct_manifest"], **reader_overrides, "output_dir": out / ceiling,
+             "ct_manifest": data["ct_manifest"], **reader_overrides,
+             "output_dir": layout.stage_dir(ceiling),
              "preservation_title": "reader on real mri_test"},
-            inputs=inputs, after=[reader],
+            after=[reader.name],
             outputs=["preservation.json", "preservation_cases.csv"],
         )
     )  # fmt: skip

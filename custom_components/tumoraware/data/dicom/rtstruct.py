@@ -90,8 +90,8 @@ def _roi_number(ds: pydicom.Dataset, roi: str) -> int:
 def _contour_points(item: pydicom.Dataset) -> np.ndarray:
     """ContourData as ``(N, 3)`` float64, parsed straight from the raw decimal strings.
 
-    pydicom would build one ``DSfloat`` object per number (≈ 2 µs each; a 130-slice GTV has
-    ~280 000), which dominated conversion time; numpy parses the backslash-separated text.
+    pydicom would build one ``DSfloat`` object per number (a GTV has hundreds of thousands),
+    which dominated conversion time; numpy parses the backslash-separated text.
     """
     if "ContourData" not in item:
         return np.empty((0, 3))

@@ -2,9 +2,9 @@
 
 Hand-written because the libraries are either inexact or slow for this job:
 ``skimage.draw.polygon`` uses the same pixel-centre rule (our tests use it as the oracle) but
-tests every pixel of the bounding box against every vertex, about 10 ms per 720-point GTV
-contour, 1.3 s for a 130-slice tumour; this scanline version intersects each pixel *row* with
-the edges once (O(rows × vertices)) and is ~50× faster. Rules:
+tests every pixel of the bounding box against every vertex (O(pixels × vertices), slow for a
+many-slice GTV of long contours); this scanline version intersects each pixel *row* with the
+edges once (O(rows × vertices)). Rules:
 
 - a pixel is inside when its centre ``(row, col)`` is inside the polygon (no dilation);
 - an edge counts for row ``y`` when ``min(y0, y1) <= y < max(y0, y1)`` (half-open, so a vertex

@@ -5,8 +5,9 @@ volume in memory (with its tissue map) for tests and analysis.
 """
 
 from .profiles import PROFILES, PhantomProfile, get_profile
+from .scan_plan import ScanPlan
 from .tissues import Tissue
-from .world import ScanPlan, build_manifest, generate_world, plan_world, synthesise_scan
+from .world import build_manifest, generate_world, plan_world, synthesise_scan
 
 __all__ = [
     "PROFILES",

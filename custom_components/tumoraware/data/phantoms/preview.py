@@ -2,25 +2,24 @@
 
 Each case shows an axial slice through the tumour's largest cross-section and a coronal
 slice through its centre, in radiological convention (patient's right on the viewer's
-left, anterior up), with the tumour label contoured in red. CT uses a soft-tissue window
-(-160..240 HU), which makes the iso-dense tumour border visible as the problem it is.
+left, anterior up: :func:`tumoraware.visualize.display.load_pls`), with the tumour label
+contoured in red. CT uses a soft-tissue window (-160..240 HU), which makes the iso-dense tumour
+border visible as the problem it is.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import nibabel as nib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from tumoraware.atomic import atomic_path
+from tumoraware.visualize.display import load_pls
 
 from .profiles import PhantomProfile
-from .world import ScanPlan
+from .scan_plan import ScanPlan
 
 __all__ = ["preview_paths", "write_previews"]
 
@@ -32,18 +31,6 @@ _SPLITS = {
 }
 
 
-def _radiological(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Reorient to RAS and flip x, so axis 0 runs from the patient's right to left.
-
-    Then ``arr[:, :, k].T[::-1]`` is an axial slice in radiological convention (patient's
-    right on the viewer's left, anterior up). Also returns the voxel sizes (mm) in that order.
-    """
-    ornt = nib.orientations.io_orientation(affine)
-    ras = nib.orientations.apply_orientation(volume, ornt)
-    zooms = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(0))[ornt[:, 0].astype(int)])
-    return ras[::-1], zooms
-
-
 def _window(image: np.ndarray, is_ct: bool) -> tuple[float, float]:
     return (-160.0, 240.0) if is_ct else tuple(np.percentile(image, [1.0, 99.5]))
 
@@ -51,17 +38,16 @@ def _window(image: np.ndarray, is_ct: bool) -> tuple[float, float]:
 def _draw_case(
     ax_axial, ax_coronal, image_path: Path, label_path: Path, title: str, is_ct: bool
 ) -> None:
-    img_nii, lab_nii = nib.load(image_path), nib.load(label_path)
-    image, zooms = _radiological(np.asanyarray(img_nii.dataobj), img_nii.affine)
-    label, _ = _radiological(np.asanyarray(lab_nii.dataobj), lab_nii.affine)
+    image, zooms = load_pls(image_path)  # (P, L, S), rows anterior -> posterior
+    label, _ = load_pls(label_path)
     vmin, vmax = _window(image, is_ct)
     k = int(np.argmax(label.sum(axis=(0, 1)))) if label.any() else image.shape[2] // 2
-    j = int(np.round(np.nonzero(label)[1].mean())) if label.any() else image.shape[1] // 2
-    axial, axial_label = image[:, :, k].T[::-1], label[:, :, k].T[::-1]
-    coronal, coronal_label = image[:, j, :].T[::-1], label[:, j, :].T[::-1]
+    j = int(np.round(np.nonzero(label)[0].mean())) if label.any() else image.shape[0] // 2
+    axial, axial_label = image[:, :, k], label[:, :, k]
+    coronal, coronal_label = image[j].T[::-1], label[j].T[::-1]  # superior up
     for ax, view, mask, aspect in (
-        (ax_axial, axial, axial_label, zooms[1] / zooms[0]),
-        (ax_coronal, coronal, coronal_label, zooms[2] / zooms[0]),
+        (ax_axial, axial, axial_label, zooms[0] / zooms[1]),
+        (ax_coronal, coronal, coronal_label, zooms[2] / zooms[1]),
     ):
         ax.imshow(view, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
         if mask.any():
@@ -88,7 +74,9 @@ def write_previews(
         cases = [p for p in plans if selects(p)][:max_cases]
         if not cases:
             continue
-        fig, axes = plt.subplots(2, len(cases), figsize=(2.6 * len(cases), 5.4), squeeze=False)
+        fig = Figure(figsize=(2.6 * len(cases), 5.4))
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(2, len(cases), squeeze=False)
         for col, plan in enumerate(cases):
             image_path, label_path = plan.paths(out_dir)
             title = f"{plan.stem}\n{plan.site}" + (
@@ -106,6 +94,5 @@ def write_previews(
         destination = out_dir / "preview" / f"{split}.png"
         with atomic_path(destination) as tmp:
             fig.savefig(tmp, dpi=90)
-        plt.close(fig)
         written.append(destination)
     return written

@@ -32,6 +32,7 @@ from .appearance import (
 )
 from .grid import Grid
 from .profiles import PhantomProfile, get_profile
+from .scan_plan import CT_COHORTS, ScanPlan
 from .tissues import TUMOUR_TISSUES
 from .tumour import SITES, TumourSpec, paint_tumour, sample_tumour
 
@@ -51,27 +52,6 @@ GENERATOR_VERSION = 1
 """Bump when the physics changes, so cached worlds are regenerated."""
 
 _COHORT_CODES = {"ct": 1, "mri": 2, "mri_test": 3, "ct_test": 4}
-_FOLDERS = {"ct": "ct", "mri": "mri", "mri_test": "mri_test", "ct_test": "ct_test"}
-_CT_COHORTS = ("ct", "ct_test")
-
-
-@dataclass(frozen=True)
-class ScanPlan:
-    """One volume to generate: which patient, which cohort, which week and tumour site."""
-
-    patient: str
-    cohort: str  # "ct", "ct_test" (held-out CT), "mri" (training MRI patients) or "mri_test"
-    index: int
-    week: int
-    site: str
-
-    @property
-    def stem(self) -> str:
-        return self.patient if self.cohort in _CT_COHORTS else f"{self.patient}_w{self.week}"
-
-    def paths(self, out_dir: Path) -> tuple[Path, Path]:
-        folder = out_dir / _FOLDERS[self.cohort]
-        return folder / f"{self.stem}_image.nii.gz", folder / f"{self.stem}_label.nii.gz"
 
 
 @dataclass
@@ -162,7 +142,7 @@ def synthesise_scan(seed: int, plan: ScanPlan, profile: PhantomProfile) -> Scan:
     anatomy, tumour = _patient(seed, plan)
     scan_rng = _rng(seed, plan.cohort, plan.index, stream=plan.week)
     tumour = tumour.at_week(plan.week)
-    is_ct = plan.cohort in _CT_COHORTS
+    is_ct = plan.cohort in CT_COHORTS
     if is_ct:
         grid = _ct_grid(anatomy, tumour, profile, scan_rng)
         look = sample_ct_appearance(scan_rng)
@@ -210,8 +190,8 @@ def build_manifest(
         item = {"image": _relative(image, manifest_dir)}
         if labelled:
             item["label"] = _relative(label, manifest_dir)
-        item.update(modality="CT" if plan.cohort in _CT_COHORTS else "MR", patient=plan.patient)
-        if plan.cohort not in _CT_COHORTS:
+        item.update(modality="CT" if plan.cohort in CT_COHORTS else "MR", patient=plan.patient)
+        if plan.cohort not in CT_COHORTS:
             item["week"] = plan.week
         if labelled:
             item["tumour_site"] = plan.site
@@ -290,7 +270,7 @@ def generate_world(
         save_volume_atomic(scan.image, affine, image_path)
         truths[plan.stem] = scan.truth
         write_json_atomic(truth_file, truths)
-    if preview:
+    if preview:  # imported here: matplotlib only when previews are asked for
         from .preview import preview_paths, write_previews
 
         if todo or not all(p.exists() for p in preview_paths(out_dir, plans)):

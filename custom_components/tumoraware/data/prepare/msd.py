@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tumoraware import __version__
+from tumoraware.data.names import case_name
 
 from ._common import (
     MissingInputError,
@@ -58,13 +59,6 @@ _NIFTI = (".nii", ".nii.gz")
 def _is_junk(name: str) -> bool:
     """macOS resource forks (``._lung_001.nii.gz``) and other hidden files."""
     return name.startswith(".")
-
-
-def _stem(name: str) -> str:
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _read_dataset_json(root: Path) -> dict[str, Any]:
@@ -229,7 +223,7 @@ def prepare_msd(
         item = {"image": relative_posix(case["image"], manifest_dir)}
         if labelled:
             item["label"] = relative_posix(case["label"], manifest_dir)
-        item.update(modality="CT", patient=_stem(case["image"].name))
+        item.update(modality="CT", patient=case_name(case["image"]))
         if labelled:
             item["tumour_site"] = "lung"
         return item

@@ -3,10 +3,10 @@
 Why: with λtumour = 5 from the first iteration, the generator is pushed towards whatever the
 still-random U_MRI reads as tumour. On the phantom world (tumour near iso-dense on CT) the two
 then agree on an arbitrary code, a dotted or grey tumour that U_MRI segments and no real MRI
-shows, and the tumour KL rises (the collapse measured in 2 of 3 demo seeds). Holding λtumour at 0
-while G learns the MRI appearance from the adversarial and cycle terms, then ramping it up,
-gives the tumour loss a realistic image to preserve. U_CT and U_MRI keep training throughout (their
-own objective has no λtumour), so they are ready when the ramp starts.
+shows, and the tumour KL rises (a collapse seen in demo runs). Holding λtumour at 0 while G
+learns the MRI appearance from the adversarial and cycle terms, then ramping it up, gives the
+tumour loss a realistic image to preserve. U_CT and U_MRI keep training throughout (their own
+objective has no λtumour), so they are ready when the ramp starts.
 
 Written by hand: ignite's ``StateParamScheduler`` counts its own calls (a resumed run would
 restart the ramp) and writes ``engine.state``, not the objective; this handler derives the weight

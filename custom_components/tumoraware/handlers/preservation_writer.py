@@ -32,15 +32,15 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 
-from tumoraware.atomic import write_json_atomic, write_text_atomic
-from tumoraware.engines.segmentation_report import _CaseNamer, _cases, _item, _source
-from tumoraware.engines.synthesis_validation import _radiological
+from tumoraware.atomic import json_ready, write_json_atomic, write_text_atomic
+from tumoraware.handlers.cases import CaseNamer, case_item, case_source, output_cases
 from tumoraware.metrics.preservation import (
     PRESERVATION_FIELDS,
     preservation_counts,
     summarise_preservation,
 )
-from tumoraware.visualize import save_contour_grid
+from tumoraware.visualize.display import evenly, radiological
+from tumoraware.visualize.grids import save_contour_grid
 
 __all__ = ["TumourPreservationWriter", "size_class"]
 
@@ -116,7 +116,7 @@ class TumourPreservationWriter:
         self.size_bins_cc = tuple(float(b) for b in size_bins_cc)
         self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
         self.rows: list[dict[str, Any]] = []
-        self._namer = _CaseNamer()
+        self._namer = CaseNamer()
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
@@ -129,11 +129,11 @@ class TumourPreservationWriter:
         self._namer.reset()
 
     def iteration_completed(self, engine: Engine) -> None:
-        cases = _cases(engine.state.output)
+        cases = output_cases(engine.state.output)
         for case, data in zip(cases, _batch_items(engine, len(cases)), strict=True):
-            pred = _item(case, self.pred_key, type(self).__name__)
-            label = _item(case, self.label_key, type(self).__name__)
-            name = self._namer(_source(case, (self.label_key, self.pred_key, self.image_key)))
+            pred = case_item(case, self.pred_key, type(self).__name__)
+            label = case_item(case, self.label_key, type(self).__name__)
+            name = self._namer(case_source(case, (self.label_key, self.pred_key, self.image_key)))
             counts = preservation_counts(pred, label, self.detection_coverage, source=name)
             if self.panels is not None and self.image_key in case:
                 self._panels.append((name, *_panel_slices(case[self.image_key], pred, label),
@@ -157,8 +157,7 @@ class TumourPreservationWriter:
         return {name: summarise_preservation(rows) for name, rows in sorted(groups.items())}
 
     def _save_panels(self) -> None:
-        count = min(self.max_panel_cases, len(self._panels))
-        chosen = [self._panels[i] for i in np.linspace(0, len(self._panels) - 1, count).astype(int)]
+        chosen = evenly(self._panels, self.max_panel_cases)
         images = np.stack([c[1] for c in chosen])
         save_contour_grid(
             self.panels,
@@ -189,7 +188,7 @@ class TumourPreservationWriter:
         writer.writerows(self.rows)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.output_dir / CSV_NAME, buffer.getvalue())
-        write_json_atomic(self.output_dir / JSON_NAME, _finite(summary))
+        write_json_atomic(self.output_dir / JSON_NAME, json_ready(summary))
         for key in ("dice", "detection_rate", "false_tumour_rate"):
             if key in overall:
                 engine.state.metrics[f"preservation_{key}"] = overall[key]
@@ -212,7 +211,7 @@ def _slice(x: Any, index: int) -> np.ndarray:
     """Slice ``index`` (last axis) of the last channel of ``(C, H, W, D)``, displayed
     radiologically (as the synthesis validation grid shows RAS slices)."""
     plane = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x))
-    return _radiological(plane[-1, :, :, index].float()).numpy()
+    return radiological(plane[-1, :, :, index].float()).numpy()
 
 
 def _panel_slices(image: Any, pred: Any, label: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -226,14 +225,3 @@ def _panel_slices(image: Any, pred: Any, label: Any) -> tuple[np.ndarray, np.nda
     other = int(free[np.argmax(p.sum((0, 1))[free])]) if free.size else tumour
     picks = (tumour, other)
     return tuple(np.stack([_slice(x, i) for i in picks]) for x in (image, label, pred))  # type: ignore[return-value]
-
-
-def _finite(x: Any) -> Any:
-    """NaN and inf as ``None`` (valid JSON), recursively."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x

@@ -1,4 +1,4 @@
-"""Figures of the paper as PNGs: image grids with tumour contours (Fig. 3 and Fig. 4 style).
+"""Image grids with tumour contours as PNGs (Fig. 3 and Fig. 4 style).
 
 - :func:`save_synthesis_grid`: one row per case, CT | synthetic MRI | reconstructed CT, the CT
   tumour contour in red on every panel (what the CycleGAN keeps and what it loses).
@@ -9,7 +9,8 @@
 Images are on the normalised scale ``[-1, 1]`` (CT window and MRI normalisation, generator
 ``tanh``) and shown in grayscale with ``vmin=-1, vmax=1``, so panels are comparable: a darker
 synthetic tumour is darker, not re-windowed. Each ``(H, W)`` array is shown as stored, row 0 at
-the top (imshow's convention); flip or transpose beforehand for radiological display.
+the top (imshow's convention); :mod:`tumoraware.visualize.display` reorients beforehand for
+radiological display.
 
 Drawing uses matplotlib's object API with the Agg canvas (no pyplot, no global backend switch,
 no figure left open), and every file is written through :func:`tumoraware.atomic.atomic_path`,

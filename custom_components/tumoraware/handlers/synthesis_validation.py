@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from tumoraware.atomic import write_json_atomic
+from tumoraware.atomic import json_ready, write_json_atomic
 from tumoraware.metrics import TumourKLMetric, kl_divergence, tumour_histogram
 from tumoraware.metrics.position_leak import position_probes, segmentation_quality
-from tumoraware.visualize import save_synthesis_grid
+from tumoraware.visualize.display import radiological
+from tumoraware.visualize.grids import save_synthesis_grid
 
 __all__ = ["SynthesisGridHandler", "TumourKLHandler", "TumourNetworkCheck"]
 
@@ -47,12 +48,6 @@ def _case_ids(batch: Any, n: int, key: str) -> list[str]:
     if isinstance(ids, (list, tuple)) and len(ids) == n:
         return [str(i) for i in ids]
     return ["unknown"] * n
-
-
-def _radiological(slices: torch.Tensor) -> torch.Tensor:
-    """RAS slices ``(N, C, x, y)`` (after ``Orientationd("RAS")``) to display order ``(N, C, y, x)``
-    with the patient's right on the viewer's left and anterior up (radiological convention)."""
-    return slices.flip(-2, -1).transpose(-2, -1)
 
 
 class TumourKLHandler:
@@ -187,7 +182,7 @@ class SynthesisGridHandler:
         reconstructed = self.g_mri2ct(generator_input)[:, :1].cpu()
         self.g_mri2ct.train(was_training)
         path = self.output_dir / f"synthesis_epoch{engine.state.epoch:04d}.png"
-        shown = (_radiological(t) for t in (ct, fake, reconstructed, label))
+        shown = (radiological(t) for t in (ct, fake, reconstructed, label))
         return save_synthesis_grid(path, *shown)
 
 
@@ -313,7 +308,7 @@ class TumourNetworkCheck:
         engine.state.metrics["u_position_excess"] = excesses[worst]
         engine.state.metrics["u_mri_real_dice"] = result["u_mri"]["on_real_mri"]["dice"]
         if self.output_json is not None:
-            write_json_atomic(self.output_json, _json_safe(result))
+            write_json_atomic(self.output_json, json_ready(result))
         self.result = result
         if result["leak"]:
             message = (
@@ -331,12 +326,3 @@ class TumourNetworkCheck:
             logger.info("tumour networks: no position leak (largest centre excess %.3f, %s)",
                         excesses[worst], worst)  # fmt: skip
         return result
-
-
-def _json_safe(x: Any) -> Any:
-    """NaN as ``None`` (valid JSON), recursively."""
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, float) and x != x:
-        return None
-    return x
