@@ -133,7 +133,7 @@ class TumourPreservationWriter:
         for case, data in zip(cases, _batch_items(engine, len(cases)), strict=True):
             pred = case_item(case, self.pred_key, type(self).__name__)
             label = case_item(case, self.label_key, type(self).__name__)
-            name = self._namer(case_source(case, (self.label_key, self.pred_key, self.image_key)))
+            name = self._namer(case_source(case, (self.image_key, self.label_key, self.pred_key)))
             counts = preservation_counts(pred, label, self.detection_coverage, source=name)
             if self.panels is not None and self.image_key in case:
                 self._panels.append((name, *_panel_slices(case[self.image_key], pred, label),
