@@ -30,6 +30,7 @@ from tumoraware.label_server.env import (
     env_key,
     read_requirements,
 )
+from tumoraware.label_server.serve import exposure_warning
 
 from ..conftest import REPO_ROOT
 
@@ -132,3 +133,15 @@ def test_a_busy_port_is_refused_before_starting(tmp_path):
             server.start()
     assert server.process is None
     assert "--host" in server.command() and "127.0.0.1" in server.command()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
+def test_loopback_hosts_serve_without_warning(host):
+    assert exposure_warning(host) is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "myserver.example.org"])
+def test_reachable_hosts_warn_that_there_is_no_authentication(host):
+    warning = exposure_warning(host)
+    assert warning is not None
+    assert host in warning and "no authentication" in warning and "127.0.0.1" in warning

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ from tumoraware.label_server.app import check_bundle, install_bundle, prepare_ap
 from tumoraware.label_server.env import LabelEnv, default_cache_dir, ensure_label_env
 from tumoraware.label_server.server import LabelServer, LabelServerError
 
-__all__ = ["check_model_listed", "serve", "start_label_server"]
+__all__ = ["check_model_listed", "exposure_warning", "serve", "start_label_server"]
 
 
 def check_model_listed(info: dict[str, Any], name: str, server: LabelServer) -> dict[str, Any]:
@@ -49,6 +51,24 @@ def start_label_server(
     return server, name
 
 
+def exposure_warning(host: str) -> str | None:
+    """The warning to print when ``host`` is not loopback: MONAI Label has no authentication, so
+    anyone who can reach the port can read the studies, run inference and start training."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (
+        f"WARNING: MONAI Label will listen on {host!r}, reachable from other machines, and it has "
+        "no authentication: anyone who can reach this port can download every image and label "
+        "in the studies folder, run the model and start training that replaces its weights. "
+        "Serve on 127.0.0.1 (the default) and tunnel (ssh -L 8000:127.0.0.1:8000 HOST), or put "
+        "an authenticating reverse proxy in front. See docs/security.md."
+    )
+
+
 def serve(
     bundle: str | os.PathLike,
     studies: str | os.PathLike,
@@ -63,6 +83,9 @@ def serve(
     The app defaults to ``<cache>/apps/monaibundle``; the bundle is copied to
     ``<app>/model/<name>`` (weights trained through MONAI Label are saved there).
     """
+    warning = exposure_warning(host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     app = Path(app_dir) if app_dir else cache / "apps" / "monaibundle"
     server, name = start_label_server(bundle, studies, app, port, host, cache_dir)
