@@ -4,6 +4,11 @@ Every writer in tumoraware goes through :func:`atomic_path`: the content is writ
 temporary sibling (same folder, so ``os.replace`` is an atomic rename on POSIX and Windows),
 and only a complete file is moved over the destination. What was there before survives
 any failure untouched.
+
+Checkpoints and model files are also written *durably* (``durable=True``,
+:func:`save_torch_atomic`): the temporary file is fsynced before the rename and the folder after
+it, so a power cut or a killed node cannot leave the new name pointing at data that never
+reached the disk.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import numpy as np
 
 __all__ = [
     "atomic_path",
+    "fsync_folder",
     "json_ready",
     "save_nifti_atomic",
+    "save_torch_atomic",
     "save_volume_atomic",
     "write_json_atomic",
     "write_text_atomic",
@@ -41,13 +48,46 @@ def _current_umask() -> int:
     return mask
 
 
+def _fsync_file(path: Path) -> None:
+    """Flush ``path``'s data to the disk (writers such as ``torch.save`` close their own handle)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:  # read-only file: fsync through a read handle (enough on POSIX)
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Flush ``folder``'s entries (a rename, a removal) to the disk; a no-op where folders cannot
+    be opened (Windows) or the file system does not support it."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # e.g. EINVAL on some network file systems
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
-def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(destination: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``destination``; rename it over ``destination`` on success.
 
-    The temporary name keeps the destination's suffix (``.nii.gz``, ``.png``, ...) because
+    The temporary name (``.<name>.<random>.tmp<suffix>``, hidden, so no glob for ``<name>``-like
+    files picks it up) keeps the destination's suffix (``.nii.gz``, ``.png``, ...) because
     writers such as nibabel and matplotlib choose the format from it. On any exception the
-    temporary file is removed and ``destination`` is left as it was.
+    temporary file is removed and ``destination`` is left as it was. A process killed while
+    writing leaves at most that hidden temporary file. ``durable=True`` fsyncs the file before
+    the rename and the folder after it (checkpoints: the rename must not reach the disk before
+    the data does).
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +101,11 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual mode
     try:
         yield tmp
+        if durable:
+            _fsync_file(tmp)
         os.replace(tmp, destination)
+        if durable:
+            fsync_folder(destination.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -71,6 +115,17 @@ def write_text_atomic(destination: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``destination`` atomically and return the path."""
     with atomic_path(destination) as tmp:
         tmp.write_text(text, encoding="utf-8")
+    return Path(destination)
+
+
+def save_torch_atomic(obj: Any, destination: str | os.PathLike, **kwargs: Any) -> Path:
+    """``torch.save(obj, destination, **kwargs)`` atomically and durably: the file under
+    ``destination`` is always a complete checkpoint, the previous one until the new one is on
+    the disk."""
+    import torch
+
+    with atomic_path(destination, durable=True) as tmp:
+        torch.save(obj, tmp, **kwargs)
     return Path(destination)
 
 

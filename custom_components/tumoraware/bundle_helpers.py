@@ -1,21 +1,27 @@
-"""Small glue the bundle configs call: what to log, and attaching handlers that need the trainer."""
+"""Small glue the bundle configs call: what to log, attaching handlers that need the trainer,
+what a checkpoint holds and which one ``--resume True`` continues from."""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "attach_all",
+    "checkpoint_objects",
+    "checkpoint_problem",
     "contoured_mri",
     "latest_checkpoint",
     "scalar_losses",
     "synthetic_if_present",
 ]
+
+logger = logging.getLogger(__name__)
 
 _EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
@@ -40,15 +46,45 @@ def attach_all(handlers: list[Any], engine: Any) -> None:
         handler.attach(engine)
 
 
-def latest_checkpoint(ckpt_dir: str | os.PathLike, final_name: str = "checkpoint_final.pt") -> str:
-    """The full checkpoint to resume from: the newest of ``final_name`` and MONAI's
-    ``CheckpointSaver`` interval files ``checkpoint_epoch=N.pt`` in ``ckpt_dir``.
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """What makes ``path`` unusable as a checkpoint, or None when it reads completely.
 
-    A finished run leaves ``final_name``; an interrupted one (killed, out of time) leaves only
-    its last interval file, which is what it must continue from. The newest by modification
-    time wins (a later, interrupted run beats an older finished one); ties go to the higher
-    epoch. If nothing is there, returns the ``final_name`` path, so that MONAI's
-    ``CheckpointLoader`` reports the missing file by name.
+    A checkpoint is PyTorch's zip format: it must open (a truncated file has no zip directory at
+    its end) and every member must match its CRC (``zipfile.testzip``), which reads the whole
+    file once but unpickles nothing. A file in another format is tried with
+    ``torch.load(weights_only=True)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return "no such file"
+    size = path.stat().st_size
+    if size == 0:
+        return "it is empty (0 bytes): a save was interrupted"
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            return None if bad is None else f"its member {bad} is corrupt ({size} bytes)"
+        import torch
+
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any failure to read is the answer, not an error here
+        reason = f"{type(error).__name__}: {error}"
+        return f"it is truncated or not a PyTorch checkpoint ({size} bytes; {reason})"
+    return None
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, final_name: str = "checkpoint_final.pt") -> str:
+    """The full checkpoint to resume from: the newest *readable* one of ``final_name`` and the
+    interval files ``checkpoint_epoch=N.pt`` in ``ckpt_dir``.
+
+    A finished run leaves ``final_name``; an interrupted one (killed, out of time) leaves its
+    last interval file, which is what it must continue from. The newest by modification time
+    wins (a later, interrupted run beats an older finished one); ties go to the higher epoch.
+    A file that does not read completely (:func:`checkpoint_problem`: empty, truncated, e.g. left
+    by a save killed before the bundles wrote atomically) is skipped with a warning naming it, and
+    the next newest is taken. If nothing is there, returns the ``final_name`` path; if nothing
+    reads, the newest file: ``CheckpointLoader`` then fails naming that file and its problem.
     """
     folder = Path(ckpt_dir)
     candidates = [folder / final_name] if (folder / final_name).is_file() else []
@@ -62,7 +98,49 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, final_name: str = "checkpoint
         match = _EPOCH_CHECKPOINT.search(path.name)
         return path.stat().st_mtime, int(match.group(1)) if match else -1
 
-    return str(max(candidates, key=order))
+    newest_first = sorted(candidates, key=order, reverse=True)
+    for path in newest_first:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        logger.warning("resume: skipping %s, %s; trying the next newest checkpoint", path, problem)
+    return str(newest_first[0])
+
+
+def checkpoint_objects(
+    objects: Mapping[str, Any], handlers: Sequence[Any] | None = None
+) -> dict[str, Any]:
+    """A ``CheckpointSaver`` / ``CheckpointLoader`` dict: ``objects`` (nested dicts allowed)
+    without None entries, plus, under ``"handlers"``, those of ``handlers`` (e.g. the trainer's
+    ``train#handlers``) that have ``state_dict``/``load_state_dict``, by snake-case class name.
+
+    A disabled config component (``_disabled_``) is None and simply left out. An object without
+    ``state_dict`` (a plain ``DataLoader`` where the config expects a ``ResumableDataLoader``) is
+    left out with a warning: the run still checkpoints, but will not resume exactly.
+    """
+    from tumoraware.handlers.checkpoint import stateful_handlers
+
+    def keep(items: Mapping[str, Any], where: str) -> dict[str, Any]:
+        kept: dict[str, Any] = {}
+        for key, value in items.items():
+            if isinstance(value, Mapping):
+                value = keep(value, f"{where}{key}.")
+                if value:
+                    kept[key] = value
+            elif value is not None and callable(getattr(value, "state_dict", None)):
+                kept[key] = value
+            elif value is not None:
+                logger.warning(
+                    "checkpoint: %s%s (%s) has no state_dict and is not checkpointed; a resumed "
+                    "run will not continue it exactly", where, key, type(value).__name__,
+                )  # fmt: skip
+        return kept
+
+    kept = keep(objects, "")
+    found = stateful_handlers(handlers)
+    if found:
+        kept["handlers"] = found
+    return kept
 
 
 def synthetic_if_present(

@@ -12,6 +12,7 @@ tumoraware verify_zoo dist/NAME [--ct_manifest CT.json --mri_manifest MRI.json]
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import warnings
@@ -19,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import fire
+
+from tumoraware.cli_args import checked_argv_or_exit
 
 __all__ = ["main"]
 
@@ -238,6 +241,7 @@ class TumourAwareCLI:
         seed_list = (seeds,) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
         if profile not in ("paper", "demo", "test"):
             raise ValueError(f"reproduce: unknown profile {profile!r}; choose paper, demo or test.")
+        _check_data(ct_manifest, mri_manifest)
         run_study(out_dir, ct_manifest, mri_manifest, seed_list,
                   None if profile == "paper" else profile, bundles_dir,
                   workers=workers)  # fmt: skip
@@ -273,7 +277,6 @@ class TumourAwareCLI:
         """
         self.phantoms(out_dir=data_dir, seed=world_seed, profile=world, manifest=manifest,
                       preview=True)  # fmt: skip
-        self.manifest.validate(manifest, deep=True)
         self.reproduce(manifest, manifest, profile=profile, seeds=seeds, out_dir=out_dir,
                        workers=workers)  # fmt: skip
 
@@ -346,16 +349,59 @@ class TumourAwareCLI:
             sys.exit(1)
 
 
+def _check_data(*manifests: str) -> None:
+    """Deep-validate the manifests before any training: bad data stops here, not in hour 3.
+
+    A passed check is remembered per data set (see :func:`check_manifest`), so a resumed study
+    on unchanged data does not read every volume again.
+    """
+    from tumoraware.data.manifest import check_manifest
+
+    for manifest in dict.fromkeys(manifests):
+        start = time.perf_counter()
+        check_manifest(manifest, deep=True, progress=sys.stderr.isatty())
+        print(f"data: {manifest}: deep checks passed ({time.perf_counter() - start:.1f} s)")
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+def _fail(error: BaseException, debug: bool, code: int) -> None:
+    """Print ``error`` as one message (the traceback with ``--debug``, else saved to a file)."""
+    import traceback
+
+    from tumoraware.errors import save_traceback, user_message
+
+    if debug:
+        traceback.print_exception(error)
+    print(f"error: {user_message(error)}", file=sys.stderr)
+    if not debug:
+        saved = save_traceback(error)
+        where = f"; it is saved in {saved}" if saved else ""
+        print(f"(run with --debug for the traceback{where})", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``tumoraware`` console script and ``python -m tumoraware``."""
+    """Entry point of the ``tumoraware`` console script and ``python -m tumoraware``.
+
+    Our errors (bad input: ``ValueError``, ``FileNotFoundError``, ...; a failed bundle stage or
+    install: ``RuntimeError``) print as their message, which names the file and the fix, with
+    exit code 2 (bad input) or 1; ``--debug`` (anywhere on the line, or ``TUMORAWARE_DEBUG=1``)
+    shows the full traceback too. Other exceptions are bugs and keep Python's traceback.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     warnings.formatwarning = _one_line_warning
+    raw = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in raw or os.environ.get("TUMORAWARE_DEBUG", "") not in ("", "0")
+    raw = [arg for arg in raw if arg != "--debug"]
+    # Checked before fire runs anything: fire calls the command first and rejects leftover
+    # flags afterwards (google/python-fire#168).
+    args = checked_argv_or_exit(TumourAwareCLI, raw)
     try:
-        fire.Fire(TumourAwareCLI, command=argv, name="tumoraware")
+        fire.Fire(TumourAwareCLI, command=args, name="tumoraware")
     except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(_EXIT_BAD_INPUT)
+        _fail(error, debug, _EXIT_BAD_INPUT)
+    except RuntimeError as error:  # a failed stage or install: its message holds cause and log
+        _fail(error, debug, 1)

@@ -7,12 +7,14 @@ import json
 import os
 
 import pytest
+import torch
 
 from tumoraware.bundle_helpers import contoured_mri, latest_checkpoint
 
 
 def _touch(path, mtime: float) -> None:
-    path.write_bytes(b"x")
+    """A small readable checkpoint with modification time ``mtime``."""
+    torch.save({"trainer": {"iteration": 1}}, path)
     os.utime(path, (mtime, mtime))
 
 

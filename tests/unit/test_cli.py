@@ -80,7 +80,8 @@ def test_prepare_mri_command_with_numeric_test_patient(tmp_path):
     mask[2:5, 2:5, 1:3] = 1
     for patient in ("7", "8"):
         for week in (1, 3):
-            nib.save(nib.Nifti1Image(np.full((8, 8, 4), 100.0, np.float32), np.eye(4)),
+            scan = np.random.default_rng(int(patient) * 10 + week).uniform(50, 400, (8, 8, 4))
+            nib.save(nib.Nifti1Image(scan.astype(np.float32), np.eye(4)),
                      images / f"{patient}_week{week}.nii.gz")  # fmt: skip
             nib.save(
                 nib.Nifti1Image(mask, np.eye(4)), labels / f"{patient}_week{week}_label.nii.gz"

@@ -42,16 +42,16 @@ def _blob() -> np.ndarray:
     return mask
 
 
-def _ct_hu() -> np.ndarray:
-    """Air (-1000 HU) around a soft-tissue body (40 HU) holding a 60 HU tumour."""
+def _ct_hu(body: int = 40) -> np.ndarray:
+    """Air (-1000 HU) around a soft-tissue body (``body`` HU) holding a 60 HU tumour."""
     ct = np.full(SHAPE, -1000, dtype=np.int16)
-    ct[2:14, 2:14, :] = 40
+    ct[2:14, 2:14, :] = body
     ct[_blob() == 1] = 60
     return ct
 
 
-def _mr() -> np.ndarray:
-    rng = np.random.default_rng(0)
+def _mr(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
     mr = rng.uniform(50.0, 400.0, SHAPE).astype(np.float32)
     mr[_blob() == 1] = 600.0
     return mr
@@ -87,11 +87,11 @@ def root(tmp_path: Path) -> Path:
     data = tmp_path / "data"
     _save(data / "ct0_image.nii.gz", _ct_hu())
     _save(data / "ct0_label.nii.gz", _blob())
-    _save(data / "ct1_image.nii.gz", _ct_hu())
+    _save(data / "ct1_image.nii.gz", _ct_hu(body=30))  # each patient's scan is its own
     _save(data / "ct1_label.nii.gz", _blob())
     _save(data / "mr0_image.nii.gz", _mr())
     _save(data / "mr0_label.nii.gz", _blob())
-    _save(data / "mr1_image.nii.gz", _mr())
+    _save(data / "mr1_image.nii.gz", _mr(seed=1))
     return tmp_path
 
 
@@ -409,7 +409,7 @@ def test_dicom_series_folder(root: Path) -> None:
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-    series, study, stored = generate_uid(), generate_uid(), _ct_hu() + 1024
+    series, study, stored = generate_uid(), generate_uid(), _ct_hu(body=20) + 1024
     folder = root / "data" / "ct2_dicom"
     folder.mkdir()
     for z in range(SHAPE[2]):

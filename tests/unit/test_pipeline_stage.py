@@ -85,8 +85,10 @@ def test_an_interrupted_or_failed_run_runs_again(bundle, tmp_path):
     with pytest.raises(RuntimeError, match=r"stage s failed \(exit 1\).*ZeroDivisionError"):
         run_stage(_stage(bundle, run_dir, overrides={"fail": True}), run_dir, {}, progress=False)
     assert not (run_dir / "stage.json").exists()  # the failed run left no marker behind
-    (run_dir / "result.txt").unlink()
+    assert not (run_dir / "result.txt").exists()  # nor the output of the run before it
     stage = _stage(bundle, run_dir)
+    assert not run_stage(stage, run_dir, {}, progress=False).skipped  # no marker: rerun
+    (run_dir / "result.txt").unlink()
     assert not run_stage(stage, run_dir, {}, progress=False).skipped  # output gone: rerun
 
 

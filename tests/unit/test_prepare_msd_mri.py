@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -33,9 +34,14 @@ def _save(path: Path, array: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
     return path
 
 
+def _seed(path: Path) -> int:
+    """A seed per file name: every scan differs (the same voxels twice is a duplicate scan)."""
+    return zlib.crc32(path.name.encode())
+
+
 def _ct(path: Path) -> Path:
     ct = np.full(SHAPE, -1000, dtype=np.int16)
-    ct[1:5, 1:4, :] = 40
+    ct[1:5, 1:4, :] = 40 + _seed(path) % 50
     return _save(path, ct)
 
 
@@ -46,7 +52,8 @@ def _mask(path: Path, shape: tuple[int, ...] = SHAPE, affine: np.ndarray = AFFIN
 
 
 def _mr(path: Path) -> Path:
-    return _save(path, np.random.default_rng(0).uniform(50, 400, SHAPE).astype(np.float32))
+    rng = np.random.default_rng(_seed(path))
+    return _save(path, rng.uniform(50, 400, SHAPE).astype(np.float32))
 
 
 # ------------------------------------------------------------------------------------ MSD

@@ -12,7 +12,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.dicom_factory import Geometry, Sphere, dice, truth_mask, write_ct_series, write_rtstruct
+from tests.dicom_factory import (
+    Geometry,
+    Sphere,
+    default_hu,
+    dice,
+    truth_mask,
+    write_ct_series,
+    write_rtstruct,
+)
 from tumoraware.data.dicom import DicomError
 from tumoraware.data.manifest import validate_manifest
 from tumoraware.data.prepare.nsclc import prepare_nsclc
@@ -26,7 +34,9 @@ def _patient(root: Path, pid: str, *, rtstruct: bool = True, roi: str = "GTV-1",
              drop_slices: tuple[int, ...] = ()):  # fmt: skip
     """NBIA layout: NSCLC-Radiomics/<pid>/<study folder>/<series folder>/1-01.dcm ..."""
     study = root / "NSCLC-Radiomics" / pid / "01-01-2014-StudyID-34270"
-    ct = write_ct_series(study / "0.000000-NA-82046", GEOMETRY, patient_id=pid,
+    # each patient's own CT (the same voxels under two patient ids is a duplicate scan)
+    hu = np.stack([default_hu(GEOMETRY, k) for k in range(GEOMETRY.n_slices)], axis=-1)
+    ct = write_ct_series(study / "0.000000-NA-82046", GEOMETRY, hu + int(pid[-3:]), patient_id=pid,
                          drop_slices=drop_slices, seed=int(pid[-3:]))  # fmt: skip
     if rtstruct:
         write_rtstruct(

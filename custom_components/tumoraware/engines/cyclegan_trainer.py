@@ -116,10 +116,13 @@ class CycleGANTrainer(Trainer):
     fires once all three steps are done. :class:`CycleGANEvents` fire after each optimizer step.
 
     Checkpointing: :meth:`checkpoint_objects` returns every object with a ``state_dict`` that a
-    resumed run needs (networks, optimizers, AMP scalers when used, and this trainer, whose
-    ``state_dict`` carries ``iteration``/``epoch``); give it, or the same dict spelled out in the
-    config, to ``CheckpointSaver(save_dict=...)`` and ``CheckpointLoader(load_dict=...)``. The
-    MRI iterator position is not saved: a resumed run restarts the MRI loader.
+    resumed run needs (networks, optimizers, AMP scalers when used, the image pools, the
+    loaders' positions, the random states, the stateful ``train_handlers``, and this trainer,
+    whose ``state_dict`` carries ``iteration``/``epoch`` and how often each MRI loader was
+    restarted); give it to ``CheckpointSaver(save_dict=...)`` and
+    ``CheckpointLoader(load_dict=...)``. With :class:`~tumoraware.engines.ResumableDataLoader`
+    loaders (the bundle's), a run resumed from a checkpoint written between iterations repeats
+    the uninterrupted run bit for bit (one process, same threads); plain loaders restart.
 
     Args:
         device: the device to train on, e.g. ``"cuda:0"`` or ``torch.device("cpu")``.
@@ -181,7 +184,8 @@ class CycleGANTrainer(Trainer):
         key_train_metric: ignite metric(s) computed on the iteration output; the key one.
         additional_metrics: more ignite metrics.
         metric_cmp_fn: ``fn(current, best) -> bool``, default "greater than".
-        train_handlers: handlers with an ``attach`` method (StatsHandler, CheckpointSaver, ...).
+        train_handlers: handlers with an ``attach`` method (StatsHandler, CheckpointSaver, ...);
+            those with ``state_dict``/``load_state_dict`` go into :meth:`checkpoint_objects`.
         event_names: additional custom events to register.
         event_to_attr: map from event to a ``engine.state`` attribute, see ignite.
         decollate: decollate batch and output at ``MODEL_COMPLETED``; default ``False`` because
@@ -304,18 +308,27 @@ class CycleGANTrainer(Trainer):
         )
         self._iterators: dict[str, Iterator | None] = {"mri": None, "real_mri": None}
         self._passes: dict[str, int] = {"mri": 0, "real_mri": 0}
+        self._train_handlers = list(train_handlers or [])
 
     # ----------------------------------------------------------------------------------------
     # public helpers
 
-    def checkpoint_objects(self, include_pools: bool = False) -> dict[str, Any]:
+    def checkpoint_objects(self, include_pools: bool = True) -> dict[str, Any]:
         """Everything a resumed run needs, for ``CheckpointSaver``/``CheckpointLoader``.
 
         Keys: ``g_ct2mri``, ``g_mri2ct``, ``d_mri``, ``d_ct``, ``g_optimizer``, ``d_optimizer``,
-        ``trainer``; plus ``tumour_nets``, ``u_optimizer`` with tumour networks; ``g_scaler``,
-        ``d_scaler`` (and ``u_scaler``) with AMP; ``pool_mri``, ``pool_ct`` if ``include_pools``
-        (the reference does not save its pools; at 256² they add ~26 MB per checkpoint).
+        ``trainer``, ``random_states`` (:class:`~tumoraware.engines.RandomStates` of the three
+        loaders); plus ``tumour_nets``, ``u_optimizer`` with tumour networks; ``g_scaler``,
+        ``d_scaler`` (and ``u_scaler``) with AMP; ``pool_mri``, ``pool_ct`` unless
+        ``include_pools`` is False (the discriminators' fake history: without it a resumed run
+        refills the pools and differs); ``loaders`` (``{"ct", "mri", "real_mri"}``, those with a
+        ``state_dict``, i.e. :class:`~tumoraware.engines.ResumableDataLoader`); ``handlers``
+        (the ``train_handlers`` with ``state_dict``/``load_state_dict``, by snake-case class
+        name, e.g. ``tumour_loss_warmup``).
         """
+        from tumoraware.engines.resume import RandomStates
+        from tumoraware.handlers.checkpoint import stateful_handlers
+
         objects: dict[str, Any] = {
             "g_ct2mri": self.g_ct2mri,
             "g_mri2ct": self.g_mri2ct,
@@ -332,7 +345,35 @@ class CycleGANTrainer(Trainer):
         if include_pools:
             objects.update(pool_mri=self.pool_mri, pool_ct=self.pool_ct)
         objects["trainer"] = self
+        named = {
+            "ct": self.data_loader,
+            "mri": self.mri_data_loader,
+            "real_mri": self.real_mri_loader,
+        }
+        loaders = {k: v for k, v in named.items() if callable(getattr(v, "state_dict", None))}
+        if loaders:
+            objects["loaders"] = loaders
+        objects["random_states"] = RandomStates(list(named.values()))
+        handlers = stateful_handlers(self._train_handlers)
+        if handlers:
+            objects["handlers"] = handlers
         return objects
+
+    def state_dict(self) -> dict[str, Any]:
+        """ignite's engine state (``iteration``, ``epoch_length``, ``max_epochs``) and
+        ``loader_passes``: how often the MRI (and real-MRI) loader was restarted, which a
+        ``DistributedSampler`` uses as its epoch."""
+        state = super().state_dict()
+        state["loader_passes"] = dict(self._passes)
+        return state
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        """Restore :meth:`state_dict` (a checkpoint without ``loader_passes`` restarts at 0)."""
+        state = dict(state_dict)
+        passes = state.pop("loader_passes", None)
+        super().load_state_dict(state)
+        if passes:
+            self._passes.update({k: int(v) for k, v in passes.items()})
 
     # ----------------------------------------------------------------------------------------
     # one iteration
@@ -343,11 +384,14 @@ class CycleGANTrainer(Trainer):
         loader = self.mri_data_loader if which == "mri" else self.real_mri_loader
         for _ in range(2):
             if self._iterators[which] is None:
+                # a ResumableDataLoader restored from a checkpoint continues that pass, whose
+                # sampler epoch it restores itself: not a new pass
+                resumed = bool(getattr(loader, "resume_pending", False))
                 sampler = getattr(loader, "sampler", None)
-                if isinstance(sampler, DistributedSampler):
+                if isinstance(sampler, DistributedSampler) and not resumed:
                     sampler.set_epoch(self._passes[which])
                 self._iterators[which] = iter(loader)
-                self._passes[which] += 1
+                self._passes[which] += 0 if resumed else 1
             try:
                 return next(self._iterators[which])
             except StopIteration:

@@ -78,10 +78,15 @@ class ImagePool:
         return torch.stack([r.to(device=images.device, dtype=images.dtype) for r in returned])
 
     def state_dict(self) -> dict[str, Any]:
-        """The stored images and the generator state, for ``CheckpointSaver`` (optional)."""
+        """The stored images (``(C, H, W)`` each, in insertion order) and the generator state:
+        a resumed run needs both to hand the discriminators the same history."""
         return {"images": list(self.images), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (at most ``pool_size`` images are kept)."""
+        """Restore what :meth:`state_dict` returned (at most ``pool_size`` images are kept).
+
+        The generator state goes back to the CPU: ``CheckpointLoader(map_location="cuda:0")``
+        moves every tensor of a checkpoint, this one included, to the GPU.
+        """
         self.images = list(state_dict["images"])[: self.pool_size]
-        self.generator.set_state(state_dict["generator"])
+        self.generator.set_state(state_dict["generator"].cpu())

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tumoraware import __version__
+from tumoraware.atomic import save_torch_atomic
 from tumoraware.export.archive import write_large_files, write_zip
 from tumoraware.export.isolated import run_isolated
 from tumoraware.export.vendor import (
@@ -458,9 +459,7 @@ def export_bundle(
 
         (stage / "models").mkdir()
         if changed:
-            import torch
-
-            torch.save(state, stage / "models" / "model.pt")
+            save_torch_atomic(state, stage / "models" / "model.pt")
         else:
             shutil.copyfile(weights, stage / "models" / "model.pt")
         common = ["--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json"]

@@ -10,6 +10,12 @@ Training (synthesis bundle, ``train.json``):
 - :class:`UMRIPretraining`: pre-trains U_MRI on labelled real MRI before the first iteration
   (``u_mri_pretraining``).
 
+Checkpoints (both bundles' ``train.json``):
+
+- :class:`CheckpointSaver`, :class:`CheckpointLoader`: MONAI's, with files written atomically
+  (the previous file removed only once the new one is complete), a resumable best-metric
+  record, and errors that name the file (``checkpoint``).
+
 Synthesis validation and inference:
 
 - :class:`TumourKLHandler`, :class:`SynthesisGridHandler`, :class:`TumourNetworkCheck`: tumour
@@ -28,6 +34,7 @@ Segmentation evaluation:
 :mod:`tumoraware.handlers.cases` reads an evaluator's output case by case for these writers.
 """
 
+from tumoraware.handlers.checkpoint import CheckpointLoader, CheckpointSaver
 from tumoraware.handlers.lr_decay import LinearDecayLR
 from tumoraware.handlers.manifest_writer import PairedManifestWriter
 from tumoraware.handlers.preservation_writer import TumourPreservationWriter
@@ -44,6 +51,8 @@ from tumoraware.handlers.tumour_warmup import TumourLossWarmup
 from tumoraware.handlers.u_mri_pretraining import UMRIPretraining
 
 __all__ = [
+    "CheckpointLoader",
+    "CheckpointSaver",
     "LinearDecayLR",
     "PairedManifestWriter",
     "SegmentationPanelWriter",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
@@ -20,7 +21,8 @@ class LinearDecayLR:
 
     Hand-written rather than a ``torch.optim.lr_scheduler`` or ignite ``PiecewiseLinear``: those
     keep their own step count, which a resumed run would restart unless it was checkpointed too;
-    this reads the trainer's restored ``epoch``, so a resumed run continues the schedule. ``E`` is
+    this reads the trainer's restored ``epoch``, so a resumed run continues the schedule (its
+    ``state_dict``, the initial lrs the decay scales, goes into the checkpoint too). ``E`` is
     read from the running trainer, not from the config, so a caller that sets only the trainer's
     ``max_epochs`` (MONAI Label's ``/train`` overrides ``train#trainer#max_epochs``) still gets a
     schedule that ends at its last epoch.
@@ -53,3 +55,20 @@ class LinearDecayLR:
         for optimizer, base in zip(self.optimizers, self.base_lrs, strict=True):
             for group, lr in zip(optimizer.param_groups, base, strict=True):
                 group["lr"] = lr * scale
+
+    def state_dict(self) -> dict[str, Any]:
+        """``base_lrs`` (per optimizer, per param group: the lr the decay scales; a restored
+        optimizer only shows the decayed one) and ``decay_epochs``."""
+        return {"base_lrs": [list(b) for b in self.base_lrs], "decay_epochs": self.decay_epochs}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue the checkpoint's schedule: its initial lrs (one list per optimizer, one lr
+        per param group, as these optimizers have)."""
+        base = [[float(lr) for lr in b] for b in state_dict["base_lrs"]]
+        shapes = [len(o.param_groups) for o in self.optimizers]
+        if [len(b) for b in base] != shapes:
+            raise ValueError(
+                f"LinearDecayLR: the checkpoint schedules {[len(b) for b in base]} param groups "
+                f"per optimizer, this run {shapes}; resume with the same optimizers."
+            )
+        self.base_lrs = base

@@ -10,11 +10,14 @@ objective has no λtumour), so they are ready when the ramp starts.
 
 Written by hand: ignite's ``StateParamScheduler`` counts its own calls (a resumed run would
 restart the ramp) and writes ``engine.state``, not the objective; this handler derives the weight
-from ``engine.state.iteration``, which MONAI's ``CheckpointLoader`` restores.
+from ``engine.state.iteration``, which MONAI's ``CheckpointLoader`` restores. Its
+``state_dict`` (the schedule and the current weight, in the trainer's checkpoint) puts the
+objective's weight back before the first resumed iteration.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ignite.engine import Engine, Events
@@ -68,3 +71,18 @@ class TumourLossWarmup:
     def __call__(self, engine: Engine) -> None:
         # ignite increments state.iteration before ITERATION_STARTED fires: it is 1-based here
         self.objective.lambda_tumour = self.weight(engine.state.iteration - 1)
+
+    def state_dict(self) -> dict[str, float | int]:
+        """The schedule (``target``, ``hold_iterations``, ``ramp_iterations``) and the weight
+        the objective has now (``lambda_tumour``)."""
+        return {
+            "target": self.target,
+            "hold_iterations": self.hold_iterations,
+            "ramp_iterations": self.ramp_iterations,
+            "lambda_tumour": float(self.objective.lambda_tumour),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Put the objective's weight back; the schedule stays the configured one (the weight of
+        every later iteration follows from it and the restored iteration count)."""
+        self.objective.lambda_tumour = float(state_dict["lambda_tumour"])

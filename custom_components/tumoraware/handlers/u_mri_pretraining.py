@@ -33,7 +33,9 @@ class UMRIPretraining:
 
     Runs at the first ``Events.ITERATION_STARTED`` of a fresh run (``engine.state.iteration ==
     1``), so after every ``STARTED`` handler, ``CheckpointLoader`` included: a resumed run, which
-    starts at a later iteration, keeps the pre-trained weights of its checkpoint instead. U_CT
+    starts at a later iteration, keeps the pre-trained weights of its checkpoint instead. Its
+    ``state_dict`` (in the trainer's checkpoint) records that the pre-training is ``done`` and
+    its losses, so a restored handler never runs it twice. U_CT
     is untouched except the tied penultimate block, which both U-Nets share (so U_CT trains
     around an MRI-pretrained block).
 
@@ -63,6 +65,15 @@ class UMRIPretraining:
         self.iterations = int(iterations)
         self.learning_rate = float(learning_rate)
         self.losses: list[float] = []
+        self.done = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """``done`` (the pre-training has run) and its ``losses``."""
+        return {"done": self.done, "losses": list(self.losses)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.done = bool(state_dict["done"])
+        self.losses = [float(v) for v in state_dict["losses"]]
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_STARTED(once=1), self.pretrain)
@@ -77,7 +88,7 @@ class UMRIPretraining:
                 raise ValueError("UMRIPretraining: the real-MRI loader yielded no batch.")
 
     def pretrain(self, engine: Engine) -> None:
-        if engine.state.iteration > 1 or self.iterations == 0:
+        if self.done or engine.state.iteration > 1 or self.iterations == 0:
             return
         nets = self.tumour_nets
         u_mri = getattr(nets, "module", nets).u_mri  # unwrap DistributedDataParallel
@@ -100,3 +111,4 @@ class UMRIPretraining:
                     "U_MRI pre-training on real MRI: step %d/%d, DiceCE %.4f",
                     step + 1, self.iterations, self.losses[-1],
                 )  # fmt: skip
+        self.done = True

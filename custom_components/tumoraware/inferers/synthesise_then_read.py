@@ -20,6 +20,8 @@ from monai.bundle import ConfigParser
 from monai.inferers import Inferer
 from torch import nn
 
+from tumoraware.errors import check_state_dict
+
 __all__ = ["SynthesiseThenReadInferer", "load_reader"]
 
 
@@ -116,12 +118,9 @@ def load_reader(
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(
-            f"reader: the weights {checkpoint} do not fit {network_key} of {files}: "
-            f"{str(error).splitlines()[0]}. Fix: pass the configs (profile included) the reader "
-            "was trained with."
-        ) from None
+    check_state_dict(
+        network, state, f"{network_key} of {files}", checkpoint,
+        "pass the reader_configs (profile included) the reader was trained with.",
+    )  # fmt: skip
+    network.load_state_dict(state)
     return network.to(device).eval()

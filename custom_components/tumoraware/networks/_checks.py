@@ -26,5 +26,6 @@ def check_2d_input(x: torch.Tensor, in_channels: int, factor: int, why: str) -> 
         raise ValueError(
             f"H and W must be multiples of {why} = {factor} leaving more than one pixel at the "
             f"lowest resolution (InstanceNorm needs it), got H={h}, W={w} (input shape "
-            f"{_shape_text(x)})."
+            f"{_shape_text(x)}). Fix: set the bundle's spatial_size (and crop sizes derived "
+            f"from it) to a multiple of {factor} greater than {factor}, e.g. 64, 128 or 256."
         )

@@ -6,7 +6,8 @@
 - :class:`~tumoraware.pipeline.layout.StudyLayout`: the study's folders and each stage's
   ``stage.json`` record (:mod:`tumoraware.pipeline.layout` alone knows their names).
 - :func:`~tumoraware.pipeline.schedule.run_stages`: runs stages several at a time, each once
-  the stages it consumes are done.
+  the stages it consumes are done; a killed training resumes from its checkpoints.
+- :class:`~tumoraware.pipeline.lock.FolderLock`: one live process per stage folder.
 - :func:`run_study`: runs them all and writes the report (``report.md``, ``report.json``,
   ``table1.csv``).
 """

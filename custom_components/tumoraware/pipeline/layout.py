@@ -7,9 +7,13 @@ A study folder (``tumoraware demo`` / ``reproduce``) holds one folder per stage,
     seed0/preservation/<model>/<split>           (model "real_mri": the reader's ceiling)
 
 and ``report.json`` (with ``report.md``, ``table1.csv`` and the figures) at its root. A training
-stage keeps its weights in ``models/model.pt``. A stage's folder name is also its name in the
-study (:attr:`StageAddress.name`), and its ``stage.json`` (:class:`StageRecord`) records what ran
-as fields: bundle, config files, overrides and the address (seed, kind, method, step, split).
+stage keeps its weights in ``models/model.pt``. While a stage runs, ``stage.lock`` names the
+processes that hold its folder and ``stage.started.json`` the hash of its unfinished run (a
+killed training of that hash resumes from its ``models/`` checkpoints).
+
+A stage's folder name is also its name in the study (:attr:`StageAddress.name`), and its
+``stage.json`` (:class:`StageRecord`) records what ran as fields: bundle, config files,
+overrides and the address (seed, kind, method, step, split).
 
 This module is the only place that knows these names. Readers build paths with
 :class:`StudyLayout` and read a stage's meaning from its record's fields, never from a folder
@@ -31,13 +35,17 @@ __all__ = [
     "DEMO_STUDY",
     "EVALUATE",
     "INFER",
+    "INTERRUPTED_LOG",
     "KINDS",
+    "LOCK",
+    "LOG",
     "MARKER",
     "MODELS_DIR",
     "PRESERVATION",
     "PRESERVE",
     "SEGMENTATION",
     "STAGE_SCHEMA",
+    "STARTED",
     "STEPS",
     "SYNTHESIS",
     "TRAIN",
@@ -64,6 +72,15 @@ DEMO_STUDY = Path("runs/demo")
 """The study ``tumoraware demo`` writes by default."""
 MARKER = "stage.json"
 """A finished stage's record in its folder (:class:`StageRecord`)."""
+STARTED = "stage.started.json"
+"""The content hash of a stage's run that started and has not finished; a re-run of the same
+hash resumes from its checkpoints (a training), any other starts afresh."""
+LOCK = "stage.lock"
+"""Present while a process runs the stage (:class:`~tumoraware.pipeline.lock.FolderLock`)."""
+LOG = "log.txt"
+"""The stage's log (stdout and stderr of its bundle run)."""
+INTERRUPTED_LOG = "log.interrupted.txt"
+"""The log of the interrupted run a resumed training continues."""
 STAGE_SCHEMA = 2
 """Version of :class:`StageRecord`; a ``stage.json`` of another version counts as not run."""
 REPORT = "report.json"

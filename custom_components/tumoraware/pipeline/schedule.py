@@ -10,8 +10,9 @@ stages never oversubscribe the cores. Results stay deterministic per seed: every
 own seeded process; only its thread count can change float summation order. Among the stages
 that are ready, the one with the most stages downstream of it starts first (the critical path
 of this DAG), ties in study order. When a stage fails, no new stage starts, the running ones
-finish (their work is kept for the next run) and the first error is raised; Ctrl-C terminates
-the running ones.
+finish (their work is kept for the next run) and the first error is raised; Ctrl-C, SIGTERM or
+SIGHUP of the study's process terminates the running ones (their process groups), so no stage
+goes on writing after the study has stopped; a killed training resumes on the next run.
 
 The scheduler is written here because neither MONAI nor ignite schedules whole processes by
 dependency; it is a thread per running stage around :func:`run_stage`, with the standard
@@ -20,10 +21,13 @@ library's :mod:`concurrent.futures`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
+import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -100,6 +104,35 @@ def _downstream_counts(stages: Sequence[BundleStage]) -> dict[str, int]:
     return {name: len(reach(name)) for name in children}
 
 
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``SystemExit(128 + signal)`` in the main thread while the
+    stages run, so they are stopped as on Ctrl-C instead of the study dying without a word.
+
+    Only where a signal has its default action: ``nohup`` (SIGHUP ignored) keeps working; a
+    later signal of either kind is ignored while the stages are being stopped.
+    """
+    wanted = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    installed = [sig for sig in wanted if signal.getsignal(sig) == signal.SIG_DFL]
+
+    def stop(signum: int, _frame: object) -> None:
+        for sig in installed:
+            signal.signal(sig, signal.SIG_IGN)
+        print(f"{signal.Signals(signum).name}: stopping the running stages", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    for sig in installed:
+        signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            signal.signal(sig, signal.SIG_DFL)
+
+
 def run_stages(
     stages: Sequence[BundleStage],
     out_dir: Path,
@@ -134,6 +167,7 @@ def run_stages(
     cancel = threading.Event()
 
     with (
+        _stop_on_signals(),
         tqdm(total=len(stages), desc="study", unit="stage", disable=not progress) as bar,
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stage") as pool,
     ):
@@ -174,12 +208,14 @@ def run_stages(
                         walls[_kind(stage)] = result.wall_s
                     hashes[stage.name] = result.content_hash
                     results[stage.name] = result
-                    done = f"done in {_duration(result.wall_s)}"
+                    done = f"done in {_duration(result.wall_s)}" + (
+                        ", resumed from its checkpoints" if result.resumed else ""
+                    )
                     say(f"{stage.name}: {'unchanged, skipped' if result.skipped else done}")
                     bar.update()
                 start_ready()
         except BaseException:
-            cancel.set()  # Ctrl-C (or a bug here): terminate the running stages' processes
+            cancel.set()  # Ctrl-C, SIGTERM (or a bug): terminate the running stages' processes
             raise
     if errors:
         raise errors[0]

@@ -19,11 +19,32 @@ from the same clean state. Its log goes to ``<run_dir>/log.txt`` and drives a pr
 from MONAI's ``StatsHandler`` lines (``Epoch: e/E, Iter: i/I``). Evaluation and inference runs
 print no iteration lines, so their bar counts seconds against an expected duration (a previous
 run of the same stage or kind), which gives them an ETA too.
+
+A killed or failed *training* resumes: its stage declares its checkpoint folder
+(:attr:`BundleStage.checkpoints`), each run notes its content hash in ``stage.started.json``
+first, and a re-run of the same hash that finds checkpoints there passes ``--resume True`` (the
+bundle's ``CheckpointLoader`` then continues from the newest one) instead of training from
+scratch. The override is not part of the hash: a resumed stage is the same stage. Any other
+stage, and a training whose hash changed, starts afresh (its declared outputs and checkpoints
+removed first).
+
+A stage's process never outlives the run that started it: it runs in its own session (a
+terminal's Ctrl-C or hang-up reaches only the study, which then stops its stages in order), and
+it dies with its parent, the forkserver, which exits as soon as the study's process is gone
+(``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread checking the parent and the study's PID
+everywhere). While it runs, its folder is locked (:class:`~tumoraware.pipeline.lock.FolderLock`),
+so a second run cannot write into it.
+
+Before a run, every override id is looked up in the stage's merged configs: MONAI defines an
+unknown ``--id`` as a new id, so a typo (``--max_epoch``) would be silently ignored; it gets a
+warning, with the closest defined id, on the console and in the stage's log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import difflib
 import functools
 import hashlib
 import json
@@ -31,9 +52,12 @@ import multiprocessing
 import os
 import re
 import runpy
+import shutil
+import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,14 +65,21 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from tumoraware.atomic import write_json_atomic
+from tumoraware.bundle_helpers import checkpoint_problem, latest_checkpoint
+from tumoraware.errors import innermost_error
 from tumoraware.pipeline.layout import (
+    INTERRUPTED_LOG,
+    LOG,
     MARKER,
+    STARTED,
     StageAddress,
     StageRecord,
     write_stage_record,
 )
+from tumoraware.pipeline.lock import FolderLock
 
-__all__ = ["BundleStage", "StageResult", "run_stage"]
+__all__ = ["BundleStage", "OverrideWarning", "StageResult", "check_overrides", "run_stage"]
 
 _TRAIN_PROGRESS = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+)")
 
@@ -69,6 +100,9 @@ class BundleStage:
         outputs: files (relative to the run folder) a successful run must leave.
         address: what the stage is in a study (:class:`~tumoraware.pipeline.layout.StageAddress`),
             recorded in its ``stage.json``; None for a stage outside a study layout.
+        checkpoints: a training's checkpoint folder (its ``ckpt_dir``) relative to the run
+            folder, for a bundle whose config has a ``resume`` id; an interrupted run of the
+            same hash resumes from there. None: the stage always reruns from scratch.
     """
 
     name: str
@@ -79,6 +113,7 @@ class BundleStage:
     after: Sequence[str] = ()
     outputs: Sequence[str] = ()
     address: StageAddress | None = None
+    checkpoints: str | None = None
 
     def __post_init__(self) -> None:
         if self.address is not None and self.name != self.address.name:
@@ -133,13 +168,15 @@ class BundleStage:
 
 @dataclass(frozen=True)
 class StageResult:
-    """What :func:`run_stage` did: ``skipped`` (hash unchanged) or ran for ``wall_s`` seconds."""
+    """What :func:`run_stage` did: ``skipped`` (hash unchanged) or ran for ``wall_s`` seconds,
+    ``resumed`` from the checkpoints of an interrupted run."""
 
     name: str
     content_hash: str
     skipped: bool
     wall_s: float
     run_dir: Path
+    resumed: bool = False
 
 
 def _previous_record(run_dir: Path) -> dict[str, Any] | None:
@@ -161,6 +198,64 @@ def _is_done(record: StageRecord | None, run_dir: Path, stage: BundleStage, dige
         and record.address == stage.address
         and all((run_dir / out).exists() for out in stage.outputs)
     )
+
+
+class OverrideWarning(UserWarning):
+    """A bundle override names an id that the stage's configs do not define."""
+
+
+_RUN_ARGS = frozenset(
+    {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking",
+     "args_file"}
+)  # fmt: skip
+"""``monai.bundle run``'s own arguments: not config ids."""
+
+
+def _closest_id(config: Any, parts: list[str]) -> str | None:
+    """The defined id closest to ``parts`` (an id split at ``#``): the longest defined prefix
+    and, below it, the most similar key; None when nothing is similar."""
+    node, prefix = config, []
+    for part in parts:
+        if isinstance(node, dict):
+            keys = [str(k) for k in node]
+        elif isinstance(node, list):
+            keys = [str(i) for i in range(len(node))]
+        else:
+            return "#".join(prefix) or None  # a value, not a container: nothing below it
+        if part in keys:
+            node = node[part] if isinstance(node, dict) else node[int(part)]
+            prefix.append(part)
+            continue
+        match = difflib.get_close_matches(part, keys, n=1)
+        return "#".join([*prefix, match[0]]) if match else None
+    return None
+
+
+def check_overrides(
+    bundle: str | Path, configs: Sequence[str], overrides: Mapping[str, Any] | Sequence[str]
+) -> list[str]:
+    """One message per override id that the merged ``configs`` (relative to ``bundle``) do
+    not define, naming the closest id that they do; ``[]`` when all are defined.
+
+    MONAI adds an unknown id to the config without a word, so ``--max_epoch 1`` trains the
+    default number of epochs; the caller warns. Ids may be nested (``train#trainer#max_epochs``
+    or ``::``).
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(ConfigParser.load_config_files([str(Path(bundle) / c) for c in configs]))
+    messages = []
+    for key in overrides:
+        key = str(key)
+        if key in _RUN_ARGS or key.startswith("_meta_") or key in parser:
+            continue
+        closest = _closest_id(parser.get(), key.replace("::", "#").split("#"))
+        hint = f"did you mean --{closest}? " if closest else ""
+        messages.append(
+            f"--{key} is not an id of {', '.join(configs)} in {bundle}: {hint}MONAI defines "
+            "it as a new id, so a misspelt override is silently ignored."
+        )
+    return messages
 
 
 class _SecondsTicker:
@@ -207,10 +302,15 @@ _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*")
 def _failure_summary(log_path: Path, tail_lines: int = 15) -> str:
     """The exception lines of a failed run's log (MONAI chains the root cause far above the
     last lines of the traceback) and its last lines."""
-    lines = log_path.read_text(errors="replace").splitlines()
+    text = log_path.read_text(errors="replace")
+    lines = text.splitlines()
     errors = list(dict.fromkeys(line for line in lines if _EXCEPTION_LINE.match(line)))[-5:]
     tail = "\n".join(lines[-tail_lines:])
-    return f"Errors: {' | '.join(errors) or 'none found'}. Log ({log_path}), last lines:\n{tail}"
+    cause = innermost_error(text)  # ours, not MONAI's "Failed to evaluate ConfigExpression"
+    return (
+        f"Cause: {cause}\nFull traceback: {log_path}\n"
+        f"Errors: {' | '.join(errors) or 'none found'}. Log ({log_path}), last lines:\n{tail}"
+    )
 
 
 # Imported once by the forkserver, so a stage's process starts with them in sys.modules.
@@ -227,14 +327,52 @@ def _stage_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _bundle_main(args: list[str], cwd: str, log_path: str, env: dict[str, str]) -> None:
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(study_pid: int) -> None:
+    """End this process (SIGKILL) once its parent (the forkserver, or the study with spawn)
+    or the study's process ``study_pid`` is gone: an orphaned stage would go on writing into
+    a folder that a re-run may already use."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    def orphaned() -> bool:
+        if os.getppid() != parent:
+            return True
+        try:
+            os.kill(study_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+
+    def watch() -> None:
+        while not orphaned():
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if orphaned():  # gone before the death signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="orphan watchdog", daemon=True).start()
+
+
+def _bundle_main(
+    args: list[str], cwd: str, log_path: str, env: dict[str, str], study_pid: int
+) -> None:
     """Child process: ``python -m monai.bundle *args`` in ``cwd`` with environment ``env``,
-    stdout and stderr to the log.
+    stdout and stderr appended to the log, in its own session, dying with ``study_pid``.
 
     An exception or ``SystemExit`` leaves through multiprocessing, which prints the traceback
     to stderr (the log) and sets the exit code.
     """
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with contextlib.suppress(OSError):  # its own group: signals reach it through the study
+        os.setsid()
+    _die_with(study_pid)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -276,6 +414,53 @@ def _follow(
         on_line(pending)
 
 
+def _resumable_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint the bundle's ``--resume`` will read (the bundles' own rule,
+    :func:`~tumoraware.bundle_helpers.latest_checkpoint`), or None when none reads completely."""
+    newest = Path(latest_checkpoint(folder))
+    return newest if newest.is_file() and checkpoint_problem(newest) is None else None
+
+
+def _started_hash(run_dir: Path) -> str | None:
+    """The content hash of the run that started in ``run_dir`` and did not finish, or None."""
+    try:
+        return str(json.loads((run_dir / STARTED).read_text())["content_hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _prepare(stage: BundleStage, run_dir: Path, digest: str) -> Path | None:
+    """Make ``run_dir`` ready for a run of hash ``digest``: the newest checkpoint of an
+    interrupted training of the same hash to resume from, or None after clearing what an
+    earlier run left (declared outputs, checkpoints), so this run starts from scratch."""
+    folder = run_dir / stage.checkpoints if stage.checkpoints else None
+    if folder is not None and _started_hash(run_dir) == digest:
+        newest = _resumable_checkpoint(folder)
+        if newest is not None:
+            return newest
+    for out in stage.outputs:
+        path = run_dir / out
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def _stop(proc: multiprocessing.process.BaseProcess, grace_s: float = 10.0) -> None:
+    """Terminate the stage's process group (SIGTERM, then SIGKILL after ``grace_s``)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)  # type: ignore[arg-type]
+    except (ProcessLookupError, PermissionError):  # before its setsid: the process alone
+        proc.terminate()
+    proc.join(grace_s)
+    if proc.is_alive():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        proc.kill()
+        proc.join()
+
+
 def run_stage(
     stage: BundleStage,
     run_dir: Path,
@@ -293,6 +478,9 @@ def run_stage(
     the same kind); ``position`` is its tqdm line when several stages run at once. The stage's
     process gets this process's environment plus ``env`` (``OMP_NUM_THREADS`` included: it
     sets torch's thread count). Setting ``cancel`` (from another thread) terminates the run.
+    A training interrupted earlier with the same hash resumes from its checkpoints
+    (``StageResult.resumed``). Overrides the configs do not define give an
+    :class:`OverrideWarning`.
 
     As with any multiprocessing code, a script that calls this needs an
     ``if __name__ == "__main__":`` guard (the stage's process imports the main module).
@@ -300,6 +488,7 @@ def run_stage(
     Raises:
         RuntimeError: the bundle run failed; the message has the last lines of its log and
             the log's path. ``stage.json`` is then not written, so the next call runs it again.
+        tumoraware.pipeline.lock.FolderBusyError: another live process runs in ``run_dir``.
     """
     run_dir = Path(run_dir)
     digest = stage.content_hash(upstream)
@@ -309,35 +498,83 @@ def run_stage(
         return StageResult(stage.name, digest, True, done.wall_s, run_dir)
     with contextlib.suppress(KeyError, TypeError, ValueError):  # no usable wall time: keep ours
         expected_s = float(record["wall_s"]) if record is not None else expected_s
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / MARKER).unlink(missing_ok=True)  # a stale marker must not survive a failed rerun
-    log_path = run_dir / "log.txt"
-    log_path.write_text("")  # exists before the child opens it, so the reader can follow it
+    with FolderLock(run_dir, f"stage {stage.name}") as lock:
+        done = StageRecord.from_json(_previous_record(run_dir))
+        if done is not None and _is_done(done, run_dir, stage, digest):  # finished meanwhile
+            return StageResult(stage.name, digest, True, done.wall_s, run_dir)
+        (run_dir / MARKER).unlink(missing_ok=True)  # a stale marker must not survive a rerun
+        resume_from = _prepare(stage, run_dir, digest)
+        write_json_atomic(
+            run_dir / STARTED,
+            {"content_hash": digest, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+             "resumed_from": str(resume_from) if resume_from else None},
+        )  # fmt: skip
+        args = stage.bundle_args()
+        try:
+            ids = [*stage.overrides, *(["resume"] if resume_from else [])]
+            unknown = check_overrides(stage.bundle, stage.configs, ids)
+        except Exception as error:  # an unreadable config: the bundle run reports it in full
+            unknown = [f"could not check the overrides ({type(error).__name__}: {error})."]
+        notes = [f"stage {stage.name}: {message}" for message in unknown]
+        for note in notes:
+            warnings.warn(note, OverrideWarning, stacklevel=2)
+        log_path = run_dir / LOG
+        if resume_from is not None:
+            args += ["--resume", "True"]
+            if log_path.exists():
+                log_path.replace(run_dir / INTERRUPTED_LOG)
+            notes.append(
+                f"stage {stage.name}: resuming an interrupted training (same content hash) from "
+                f"its checkpoints in {resume_from.parent} (newest: {resume_from.name}); the "
+                f"interrupted run's log is {INTERRUPTED_LOG}."
+            )
+        # exists before the child opens it, so the reader can follow it
+        log_path.write_text("".join(f"tumoraware: {note}\n" for note in notes))
+        wall = _run_in_lock(
+            stage, run_dir, digest, args, log_path, lock, env, expected_s, progress, position,
+            cancel,
+        )  # fmt: skip
+        (run_dir / STARTED).unlink(missing_ok=True)
+    return StageResult(stage.name, digest, False, wall, run_dir, resume_from is not None)
+
+
+def _run_in_lock(
+    stage: BundleStage,
+    run_dir: Path,
+    digest: str,
+    args: list[str],
+    log_path: Path,
+    lock: FolderLock,
+    env: Mapping[str, str] | None,
+    expected_s: float | None,
+    progress: bool,
+    position: int | None,
+    cancel: threading.Event | None,
+) -> float:
+    """The bundle run of :func:`run_stage` in its locked ``run_dir``; its wall time."""
     start = time.perf_counter()
     with tqdm(
         desc=stage.name, unit="it", disable=not progress, leave=False, position=position
     ) as bar:
         proc = _stage_context().Process(
             target=_bundle_main,
-            args=(
-                stage.bundle_args(),
-                str(stage.bundle),
-                str(log_path),
-                {**os.environ, **(env or {})},
-            ),
+            args=(args, str(stage.bundle), str(log_path), {**os.environ, **(env or {})},
+                  os.getpid()),
             name=f"stage {stage.name}",
-        )
+        )  # fmt: skip
         ticker = _SecondsTicker(bar, expected_s if progress else None)
         try:
             proc.start()
+            lock.add_holder(proc.pid)  # type: ignore[arg-type]
             _follow(log_path, proc, lambda line: _advance(bar, line, ticker), cancel)
             if cancel is None or not cancel.is_set():
                 proc.join()
         finally:
             ticker.stop()
-            if proc.is_alive():  # Ctrl-C or an error in the parent: do not leave it running
-                proc.terminate()
-                proc.join()
+            if proc.is_alive():  # cancelled, Ctrl-C or an error in the parent: stop it
+                _stop(proc)
+            with contextlib.suppress(ProcessLookupError, PermissionError, TypeError):
+                os.killpg(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]  # leftovers
     code = proc.exitcode
     wall = time.perf_counter() - start
     if code != 0 and cancel is not None and cancel.is_set():
@@ -367,4 +604,4 @@ def run_stage(
             command=tuple(stage.command()[1:]),
         ),
     )
-    return StageResult(stage.name, digest, False, wall, run_dir)
+    return wall

@@ -23,6 +23,10 @@ CT it trained on (``ct_train``) and on held-out CT (``ct_test``, when the manife
 by the week-one-only segmenter (trained on real labelled MRI only). The reader's own score on the
 real MRI test split is the ceiling. Per method: segmentation train → evaluate on the validation
 and on the test split.
+
+Both trainings declare their checkpoint folder (``models/``, the bundles' ``ckpt_dir``), so a
+study killed during a training continues it from its last checkpoint (``--resume True``, an id
+both bundles' ``train.json`` define); every other stage reruns from scratch.
 """
 
 from __future__ import annotations
@@ -168,6 +172,7 @@ def study_stages(
                 {**data, "ckpt_dir": models, "output_dir": layout.events(seed, SYNTHESIS, model),
                  "seed": seed},
                 outputs=[WEIGHTS_FILE, f"{MODELS_DIR}/checkpoint_final.pt"],
+                checkpoints=MODELS_DIR,
             ),
             stage(
                 evaluate, synthesis, ["configs/train.json", "configs/evaluate.json", *extra, *prof],
@@ -201,6 +206,7 @@ def study_stages(
                  "ckpt_dir": layout.models(seed, SEGMENTATION, method.key),
                  "output_dir": layout.events(seed, SEGMENTATION, method.key), "seed": seed},
                 after=[source.name] if source else [], outputs=[WEIGHTS_FILE],
+                checkpoints=MODELS_DIR,
             )
         )  # fmt: skip
         for split in EVAL_SPLITS:

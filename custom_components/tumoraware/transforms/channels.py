@@ -8,6 +8,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from tumoraware.transforms.intensity import source_name
+
 __all__ = ["AppendMaskChanneld"]
 
 
@@ -32,8 +34,10 @@ class AppendMaskChanneld(MapTransform):
         for key in self.key_iterator(d):
             if tuple(d[key].shape[1:]) != tuple(mask.shape[1:]):
                 raise ValueError(
-                    f"AppendMaskChanneld: expected {key!r} and {self.mask_key!r} on one grid, got "
-                    f"{tuple(d[key].shape)} and {tuple(mask.shape)}. Fix: crop both together."
+                    f"{source_name(d[key], key)}: expected the image and its mask "
+                    f"{source_name(d[self.mask_key], self.mask_key)} on one grid, got shapes "
+                    f"{tuple(d[key].shape)} and {tuple(mask.shape)}. Fix: crop both together "
+                    "(list both keys in TumourRegionCropd), or resample the mask onto the image."
                 )
             d[key] = torch.cat([d[key], mask.to(d[key].dtype)], dim=0)
         return d

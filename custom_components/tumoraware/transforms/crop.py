@@ -18,6 +18,7 @@ from monai.transforms import CropForeground, InvertibleTransform, MapTransform, 
 from monai.transforms.utils import generate_spatial_bounding_box, is_positive
 from monai.utils import ensure_tuple_rep
 
+from tumoraware.transforms._checks import check_binary_label, check_same_grid
 from tumoraware.transforms.intensity import source_name
 
 __all__ = ["TumourRegionCropd", "square_tumour_box"]
@@ -114,8 +115,9 @@ class TumourRegionCropd(MapTransform, InvertibleTransform):
 
     Raises:
         KeyError: ``label_key`` missing from the data.
-        ValueError: a key is not 4-D or does not share the label's ``H, W``; the label has no
-            tumour voxel ("empty label", naming the label file).
+        ValueError: a key is not 4-D, does not share the label's ``H, W`` or lies on another
+            grid (affine); the label has values other than 0/1, or no tumour voxel ("empty
+            label"). Each message names the file and the fix.
     """
 
     def __init__(
@@ -134,7 +136,8 @@ class TumourRegionCropd(MapTransform, InvertibleTransform):
         if len(size) != 2 or min(size) < 1:
             raise ValueError(
                 f"TumourRegionCropd: expected spatial_size of two positive ints (H', W'), "
-                f"got {spatial_size}."
+                f"got {spatial_size}. Fix: set the bundle's spatial_size to two sizes the "
+                "networks take, e.g. [256, 256] (the paper's) or [64, 64] (the demo profile)."
             )
         if margin < 0 or min_size_mm < 0:
             raise ValueError(
@@ -162,6 +165,7 @@ class TumourRegionCropd(MapTransform, InvertibleTransform):
                 f"{name}: expected a channel-first label (C, H, W, D), got shape "
                 f"{tuple(label.shape)}. Fix: load it with LoadImaged + EnsureChannelFirstd."
             )
+        check_binary_label(label, name)
         bb_start, bb_end = generate_spatial_bounding_box(label, select_fn=is_positive)
         if bb_end[0] <= bb_start[0]:
             raise ValueError(
@@ -194,6 +198,10 @@ class TumourRegionCropd(MapTransform, InvertibleTransform):
                     f"{tuple(label.shape[1:3])} like the label "
                     f"{source_name(label, self.label_key)}, got shape {tuple(img.shape)}. "
                     "Fix: resample image and label onto one grid."
+                )
+            if key != self.label_key:
+                check_same_grid(
+                    img, label, source_name(img, key), source_name(label, self.label_key)
                 )
             cropped = self.cropper.crop_pad(img, box_start, box_end, mode=pad_mode)
             d[key] = self.resizer(cropped, mode=mode)

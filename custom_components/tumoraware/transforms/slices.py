@@ -13,6 +13,7 @@ from monai.transforms import MapTransform, Randomizable, SpatialCrop, SqueezeDim
 from monai.transforms.traits import MultiSampleTrait
 from monai.utils import convert_to_tensor
 
+from tumoraware.transforms._checks import check_binary_label, check_same_grid
 from tumoraware.transforms.intensity import source_name
 
 __all__ = ["VolumeToSlicesd"]
@@ -61,8 +62,9 @@ class VolumeToSlicesd(Randomizable, MapTransform, MultiSampleTrait):
         output: list of dicts, each key ``(C, H, W)``.
 
     Raises:
-        ValueError: a key is not 4-D or the keys disagree on ``D``; a label is present but has
-            no slice with ``min_tumour_voxels`` tumour voxels (naming the label file).
+        ValueError: a key is not 4-D, the keys disagree on ``D`` or lie on different grids
+            (affines); a label is present but is not 0/1 or has no slice with
+            ``min_tumour_voxels`` tumour voxels. Each message names the file and the fix.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class VolumeToSlicesd(Randomizable, MapTransform, MultiSampleTrait):
 
     def select(self, label: torch.Tensor) -> tuple[list[int], list[int]]:
         """Tumour slices and the drawn tumour-free slices of ``label`` ``(C, H, W, D)``."""
+        check_binary_label(label, source_name(label, self.label_key))
         tumour_voxels = convert_to_tensor(label, track_meta=False) > 0
         per_slice = tumour_voxels.reshape(-1, label.shape[-1]).sum(0).cpu().numpy()
         tumour = np.flatnonzero(per_slice >= self.min_tumour_voxels)
@@ -124,11 +127,19 @@ class VolumeToSlicesd(Randomizable, MapTransform, MultiSampleTrait):
                 )
             depths[key] = int(d[key].shape[-1])
         if len(set(depths.values())) > 1:
+            named = {source_name(d[k], k): depth for k, depth in depths.items()}
             raise ValueError(
-                f"VolumeToSlicesd: expected the keys to share the slice count D, got {depths}. "
-                "Fix: resample image and label onto one grid."
+                f"VolumeToSlicesd: expected the volumes to share the slice count D, got {named}. "
+                "Fix: resample the label onto its image's grid (nearest neighbour), or pair it "
+                "with the image it was drawn on."
             )
         if self.label_key in d:
+            label = d[self.label_key]
+            for key in self.key_iterator(d):
+                if key != self.label_key:
+                    check_same_grid(
+                        d[key], label, source_name(d[key], key), source_name(label, self.label_key)
+                    )
             tumour, free = self.select(d[self.label_key])
             picks = sorted([(i, True) for i in tumour] + [(i, False) for i in free])
         else:

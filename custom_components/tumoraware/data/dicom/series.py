@@ -136,22 +136,73 @@ def _dicom_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
+@dataclass
+class _FolderScan:
+    """What :func:`_scan` found: image slices by series, and files that cannot be slices.
+
+    ``no_pixels`` holds, per series, the files that carry a slice position but no PixelData (a
+    slice whose pixels were lost); ``broken`` the files that start like DICOM but do not parse
+    (truncated downloads). Both would otherwise be skipped silently and show up, at best, as a
+    missing slice somewhere else.
+    """
+
+    groups: dict[str, list[pydicom.Dataset]]
+    no_pixels: dict[str, list[Path]]
+    broken: list[tuple[Path, str]]
+
+
+def _scan(folder: Path) -> _FolderScan:
+    from pydicom.misc import is_dicom
+
+    groups: dict[str, list[pydicom.Dataset]] = defaultdict(list)
+    no_pixels: dict[str, list[Path]] = defaultdict(list)
+    broken: list[tuple[Path, str]] = []
+    for path in _dicom_files(folder):
+        try:
+            ds = dcmread_lenient(path, defer_size="1 KB")
+        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as error:
+            if is_dicom(path):  # has the DICM preamble, so it was meant to be read
+                broken.append((path, f"{type(error).__name__}: {error}"))
+            continue
+        if "ImagePositionPatient" in ds and "SeriesInstanceUID" in ds:
+            if "PixelData" in ds:
+                ds.filename = str(path)
+                groups[str(ds.SeriesInstanceUID)].append(ds)
+            else:  # a slice whose pixels are gone, or a file cut off before them
+                no_pixels[str(ds.SeriesInstanceUID)].append(path)
+        elif "Image Storage" in str(getattr(ds.get("SOPClassUID"), "name", "")):
+            reason = "an image file without SeriesInstanceUID, ImagePositionPatient or PixelData"
+            broken.append((path, reason))
+    return _FolderScan(dict(groups), dict(no_pixels), broken)
+
+
 def find_series(folder: str | os.PathLike) -> dict[str, list[pydicom.Dataset]]:
     """Image datasets under ``folder`` grouped by SeriesInstanceUID (pixel data deferred).
 
     Files that are not DICOM, and DICOM objects without pixels and geometry (RTSTRUCT, RTPLAN,
     SR, ...), are skipped.
     """
-    groups: dict[str, list[pydicom.Dataset]] = defaultdict(list)
-    for path in _dicom_files(Path(folder)):
-        try:
-            ds = dcmread_lenient(path, defer_size="1 KB")
-        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError):
-            continue
-        if "PixelData" in ds and "ImagePositionPatient" in ds and "SeriesInstanceUID" in ds:
-            ds.filename = str(path)
-            groups[str(ds.SeriesInstanceUID)].append(ds)
-    return dict(groups)
+    return _scan(Path(folder)).groups
+
+
+def _check_complete(scan: _FolderScan, series_uid: str, folder: Path) -> None:
+    """Refuse a series with a slice that lost its pixels, or a folder with a truncated file."""
+    lost = scan.no_pixels.get(series_uid, [])
+    if lost:
+        shown = ", ".join(str(p) for p in lost[:5]) + (" ..." if len(lost) > 5 else "")
+        raise DicomError(
+            f"{lost[0]}: {len(lost)} slice(s) of series {series_uid} in {folder} have no pixel "
+            f"data (PixelData missing; a file cut off early looks the same): {shown}. Fix: "
+            "re-download or re-export the series; a slice without pixels would leave a hole in "
+            "the volume."
+        )
+    if scan.broken:
+        path, reason = scan.broken[0]
+        more = f" (and {len(scan.broken) - 1} more)" if len(scan.broken) > 1 else ""
+        raise DicomError(
+            f"{path}: a DICOM file that cannot be read ({reason}){more}; it is probably "
+            "truncated. Fix: re-download it, or remove it if it does not belong to the series."
+        )
 
 
 def _describe(groups: dict[str, list[pydicom.Dataset]]) -> str:
@@ -300,10 +351,13 @@ def read_dicom_series(
 
     Raises:
         DicomError: no series, several series and no ``series_uid``, mixed orientations or sizes,
-            duplicate positions, gaps (without ``allow_gaps``), undecodable pixel data.
+            duplicate positions, gaps (without ``allow_gaps``), undecodable pixel data, a slice
+            without pixel data, a DICOM file in the folder that cannot be parsed.
     """
     folder = Path(folder)
-    slices = _select(find_series(folder), folder, series_uid)
+    scan = _scan(folder)
+    slices = _select(scan.groups, folder, series_uid)
+    _check_complete(scan, str(slices[0].SeriesInstanceUID), folder)
     row_dir, col_dir, row_spacing, col_spacing = _geometry(slices)
     normal = np.cross(col_dir, row_dir)
     origins = np.array([np.asarray(ds.ImagePositionPatient, dtype=float) for ds in slices])

@@ -1,7 +1,8 @@
 """Turn users' data into manifests: ``tumoraware prepare nsclc``, ``msd`` and ``mri``.
 
 Each command lists the data where it is (converting only what must be converted, e.g. DICOM MRI
-to NIfTI), writes a manifest that passes :func:`tumoraware.data.manifest.validate_manifest`, and
+to NIfTI), writes a manifest only once it passes
+:func:`tumoraware.data.manifest.validate_manifest` with ``deep=True``, and
 fails with :class:`PrepareError` (a ``ValueError``) or :class:`MissingInputError` (a
 ``FileNotFoundError``) whose message names the file and the fix.
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tumoraware.atomic import atomic_path, write_json_atomic
-from tumoraware.data.manifest import validate_manifest
+from tumoraware.data.manifest import ManifestError, check_manifest
 
 __all__ = [
     "MissingInputError",
@@ -54,24 +54,38 @@ def base_dir_for(manifest_dir: str | os.PathLike, paths: Iterable[str | os.PathL
     return relative_posix(start.anchor, start)  # unreachable on POSIX: "/" holds everything
 
 
-def write_manifest_checked(destination: str | os.PathLike, manifest: dict[str, Any]) -> Path:
-    """Write ``manifest`` atomically, after :func:`validate_manifest` (cheap checks) passes.
+def write_manifest_checked(
+    destination: str | os.PathLike,
+    manifest: dict[str, Any],
+    progress: bool = False,
+    deep: bool = True,
+) -> Path:
+    """Write ``manifest`` atomically, after :func:`check_manifest` (deep: every volume) passes.
 
     The check runs on the temporary file next to ``destination`` (same folder, so paths resolve
-    the same way); on any problem nothing is written and a previous manifest survives.
+    the same way); on any problem nothing is written and a previous manifest survives, so a
+    manifest never lists an unreadable, truncated, constant or mislabelled volume. The passed
+    check is remembered (see :func:`check_manifest`), so training on the manifest right after
+    does not read every volume again. ``deep=False`` is for callers that have already run
+    :func:`~tumoraware.data.manifest.volume_problems` on every case and compared their digests.
 
     Raises:
-        PrepareError: listing every problem the validator found.
+        PrepareError: listing every problem the validator found, each with its file and fix.
     """
     destination = Path(destination)
     with atomic_path(destination) as tmp:
         write_json_atomic(tmp, manifest)
-        problems = validate_manifest(tmp)
-        if problems:
-            lines = "\n".join(f"  - {p}".replace(str(tmp), str(destination)) for p in problems)
-            raise PrepareError(
-                f"{destination}: the prepared manifest would not validate, so it was not "
-                f"written:\n{lines}\nFix: see each problem; file names with '\\' or a data "
-                "folder the manifest cannot reach are the usual causes."
+        try:
+            check_manifest(tmp, deep=deep, progress=progress)
+        except ManifestError as error:
+            lines = "\n".join(
+                f"  - {p}".replace(str(tmp), str(destination)) for p in error.problems
             )
+            count = len(error.problems)
+            raise PrepareError(
+                f"{destination}: the prepared manifest would not validate ({count} "
+                f"problem{'s' if count != 1 else ''}), so it was not written (a previous one is "
+                f"kept):\n{lines}\nFix: correct or remove the files named above (each line "
+                "gives its fix), then run the command again."
+            ) from None
     return destination

@@ -311,8 +311,10 @@ def _grid_problem(image: Path, label: Path) -> str | None:
     """A line naming both files if ``label`` is not on ``image``'s grid (headers only)."""
     try:
         img, lab = nib.load(image), nib.load(label)
-    except Exception as e:
-        return f"  - {label} or its image {image} cannot be read ({type(e).__name__}: {e})"
+    except Exception:
+        return None  # the deep check before the manifest is written names the file and why
+    if len(_spatial(img.shape)) != 3:
+        return None  # not a 3D volume: the deep check says so, rather than "off the grid"
     if _spatial(img.shape) != _spatial(lab.shape):
         return (
             f"  - {label} has shape {_spatial(lab.shape)} but its image {image} has shape "
@@ -354,7 +356,10 @@ def prepare_mri(
         PrepareError: two images name the same (patient, week); a mask matches no image, or an
             image has two masks; a mask is not on its image's grid (shape, or affine beyond
             ``AFFINE_ATOL_MM``); a test patient is not among the images; a week is 0; masks sit
-            among the images without ``labels`` pointing there; a DICOM series cannot be read.
+            among the images without ``labels`` pointing there; a DICOM series cannot be read;
+            a scan or mask fails the manifest's deep checks (empty, truncated, 4D, constant,
+            a copy of another scan, a mask not 0/1): then no manifest is written and a previous
+            one is kept.
 
     Returns:
         the path of the manifest written.
@@ -446,7 +451,7 @@ def prepare_mri(
             name: entries for name, entries in splits.items() if entries or name == "mri_unlabelled"
         },
     }
-    write_manifest_checked(manifest_path, manifest)
+    write_manifest_checked(manifest_path, manifest, progress=progress)
     n_dicom = sum(s.is_dicom for s in scans)
     logger.info(
         "prepare mri: %d scan(s) of %d patient(s) (%d from DICOM, %d labelled); manifest %s",

@@ -182,8 +182,8 @@ def prepare_msd(
     Splits: ``ct_train`` (``imagesTr`` + ``labelsTr``, modality CT, ``patient`` = the file's
     stem, e.g. ``"lung_001"``) and ``test`` (``imagesTs``, image only; omitted when empty).
     Paths are relative to ``out_dir``; ``base_dir`` is the common folder of ``out_dir`` and
-    ``root``. The manifest passes :func:`tumoraware.data.manifest.validate_manifest` (cheap
-    checks) before it is written.
+    ``root``. The manifest passes :func:`tumoraware.data.manifest.validate_manifest` with
+    ``deep=True`` (every volume read) before it is written; otherwise nothing is written.
 
     Args:
         root: the extracted ``Task06_Lung`` folder (holds ``dataset.json``).
@@ -196,7 +196,8 @@ def prepare_msd(
         MissingInputError: ``root`` or ``dataset.json`` does not exist, or listed files are
             missing (all named at once) and ``skip_missing`` is False.
         PrepareError: ``dataset.json`` is not valid JSON, not in the Decathlon format, or is
-            another task's (not single-channel CT with one tumour class); no training case left.
+            another task's (not single-channel CT with one tumour class); no training case left;
+            a listed volume fails the deep checks (each problem names its file and fix).
 
     Returns:
         the path of the manifest written.

@@ -31,8 +31,9 @@ from tumoraware.atomic import write_text_atomic
 from tumoraware.data.dicom import DicomError, list_rois, rtstruct_to_nifti
 from tumoraware.data.dicom.rtstruct import referenced_series_uid
 from tumoraware.data.dicom.series import dcmread_lenient
+from tumoraware.data.manifest import volume_problems
 
-from ._common import write_manifest_checked
+from ._common import PrepareError, write_manifest_checked
 
 __all__ = ["PatientFiles", "prepare_nsclc", "scan_dicom_tree"]
 
@@ -109,6 +110,24 @@ def _convert_patient(files: PatientFiles, out_dir: Path, roi: str, allow_gaps: b
     raise DicomError("; ".join(reasons))
 
 
+def _check_converted(target: Path, patient: str, seen: dict[str, str]) -> None:
+    """Raise ``PrepareError`` unless the converted pair in ``target`` passes the manifest's deep
+    checks and its CT is not another patient's (``seen``: voxel digest -> patient, updated)."""
+    problems, digest = volume_problems(
+        target / "image.nii.gz", target / "label.nii.gz", "CT", where=patient, split="ct_train"
+    )
+    if problems:
+        raise PrepareError("; ".join(str(p) for p in problems))
+    if digest is not None and digest in seen:
+        raise PrepareError(
+            f"{target / 'image.nii.gz'}: the same CT voxels as patient {seen[digest]!r}'s; the "
+            "download holds one scan under two patient ids. Fix: remove the duplicate patient "
+            "from the download (or check its PatientID)."
+        )
+    if digest is not None:
+        seen[digest] = patient
+
+
 def _manifest(done: list[str]) -> dict:
     return {
         "name": "NSCLC-Radiomics",
@@ -145,22 +164,25 @@ def prepare_nsclc(
     """Convert every patient under ``dicom_root``; write ``out_dir/<manifest_name>``.
 
     Also writes ``out_dir/skipped.csv`` (patient, reason) for the patients that could not be
-    converted. Returns the manifest path. Raises only when nothing at all could be converted.
+    converted, or whose converted CT and mask fail the manifest's deep checks (not in HU, an
+    empty mask, the same CT as another patient): they stay on disk but are not listed. Returns
+    the manifest path. Raises only when nothing at all could be converted.
     """
     out_dir = Path(out_dir)
     patients = scan_dicom_tree(dicom_root, progress=progress)
     done, skipped = [], []
+    seen: dict[str, str] = {}  # digest of a listed CT's voxels -> its patient
     bar = tqdm(sorted(patients), desc="convert patients", unit="patient", disable=not progress)
     for patient in bar:
         bar.set_postfix_str(patient)
         target = out_dir / _safe_name(patient)
-        if (target / "image.nii.gz").exists() and (target / "label.nii.gz").exists():
-            done.append(patient)
-            continue
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # kept in each patient's conversion.json
-                _convert_patient(patients[patient], target, roi, allow_gaps)
+            finished = (target / "image.nii.gz").exists() and (target / "label.nii.gz").exists()
+            if not finished:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # kept in each patient's conversion.json
+                    _convert_patient(patients[patient], target, roi, allow_gaps)
+            _check_converted(target, patient, seen)
             done.append(patient)
         except (DicomError, OSError, ValueError) as error:
             logger.warning("%s: skipped: %s", patient, error)
@@ -176,6 +198,8 @@ def prepare_nsclc(
             f"{out_dir / 'skipped.csv'}). Fix: check the folder holds CT series with RTSTRUCTs."
         )
     manifest = out_dir / manifest_name
-    write_manifest_checked(manifest, _manifest(done))
+    # Every listed CT and mask passed volume_problems above and no two CTs share their voxels,
+    # so the manifest-wide check need not read them all again.
+    write_manifest_checked(manifest, _manifest(done), deep=False)
     logger.info("nsclc: %d patients converted, %d skipped (%s)", len(done), len(skipped), manifest)
     return manifest
