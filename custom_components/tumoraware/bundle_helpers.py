@@ -140,7 +140,15 @@ def checkpoint_objects(
     found = stateful_handlers(handlers)
     if found:
         kept["handlers"] = found
-    return kept
+    return _grouped(kept)  # one object per key: ignite 0.4 (MONAI 1.5, MONAI Label) nests none
+
+
+def _grouped(members: Mapping[str, Any]) -> dict[str, Any]:
+    """``members`` with every nested mapping turned into a ``StateGroup``, at every depth."""
+    from tumoraware.handlers.checkpoint import StateGroup
+
+    return {key: StateGroup(_grouped(value)) if isinstance(value, Mapping) else value
+            for key, value in members.items()}  # fmt: skip
 
 
 def synthetic_if_present(

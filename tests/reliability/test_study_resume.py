@@ -39,7 +39,7 @@ EPOCHS = 6
 # Counts its runs, can fail after writing a checkpoint (while a flag file exists, which is not
 # part of the stage's hash) and records whether it was asked to resume; or waits `sleep` s.
 CONFIG = {
-    "imports": ["$import os", "$import time"],
+    "imports": ["$import os", "$import time", "$import torch"],
     "out_dir": "/tmp/unset",
     "resume": False,
     "sleep": 0.0,
@@ -48,12 +48,17 @@ CONFIG = {
         "$open(@out_dir + '/started', 'w').write('1')",
         "$open(@out_dir + '/resumed.txt', 'a').write(str(@resume) + '\\n')",
         "$os.makedirs(@out_dir + '/models', exist_ok=True)",
-        "$open(@out_dir + '/models/checkpoint_epoch=1.pt', 'w').write('epoch 1')",
+        "$torch.save({'epoch': 1}, @out_dir + '/models/checkpoint_epoch=1.pt')",
         "$1 / 0 if os.path.exists(@out_dir + '/../fail_once') else None",
         "$time.sleep(@sleep)",
         "$open(@out_dir + '/result.txt', 'w').write('done')",
     ],
 }
+
+
+def _default_hangup() -> None:
+    """In the child before exec: SIGHUP back to its default action (``nohup`` sets it ignored)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.fixture
@@ -186,7 +191,10 @@ def test_sigterm_or_sighup_of_the_study_stops_its_stages(bundle, tmp_path, signu
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT,
                             env={**os.environ, "TA_STUDY_TOKEN": token},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True,
+                            # a study started under nohup keeps ignoring SIGHUP, by design; the
+                            # test's own runner may be such a process, so give the child defaults
+                            preexec_fn=_default_hangup)  # fmt: skip
     run_dir = out / "long"
     try:
         deadline = time.monotonic() + 120

@@ -59,3 +59,22 @@ def test_contoured_mri_names_the_problem_and_both_fixes(tiny_world, split, messa
     with pytest.raises(ValueError, match=message) as info:
         contoured_mri(manifest, ["mri_week1", split])
     assert "--mri_tumour_regions false" in str(info.value) and str(manifest) in str(info.value)
+
+
+def test_checkpoint_objects_are_flat_for_ignite_0_4_and_round_trip(tmp_path):
+    """ignite 0.4 (MONAI 1.5, MONAI Label) checks every top-level item for ``state_dict``;
+    nested dicts become groups that save and load their members."""
+    from ignite.handlers import Checkpoint
+
+    net, other = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    objects = checkpoint_objects({"net": net, "group": {"a": other, "none": None}})
+    assert all(callable(getattr(v, "state_dict", None)) for v in objects.values())
+    torch.save({k: v.state_dict() for k, v in objects.items()}, tmp_path / "c.pt")
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert torch.equal(state["group"]["a"]["weight"], other.weight)
+    with torch.no_grad():
+        other.weight.zero_()
+    Checkpoint.load_objects(to_load=objects, checkpoint=state)
+    assert not torch.equal(other.weight, torch.zeros_like(other.weight))
+    with pytest.raises(ValueError, match=r"lacks \['a'\]"):
+        objects["group"].load_state_dict({})

@@ -327,7 +327,7 @@ class CycleGANTrainer(Trainer):
         name, e.g. ``tumour_loss_warmup``).
         """
         from tumoraware.engines.resume import RandomStates
-        from tumoraware.handlers.checkpoint import stateful_handlers
+        from tumoraware.handlers.checkpoint import StateGroup, stateful_handlers
 
         objects: dict[str, Any] = {
             "g_ct2mri": self.g_ct2mri,
@@ -351,12 +351,12 @@ class CycleGANTrainer(Trainer):
             "real_mri": self.real_mri_loader,
         }
         loaders = {k: v for k, v in named.items() if callable(getattr(v, "state_dict", None))}
-        if loaders:
-            objects["loaders"] = loaders
+        if loaders:  # groups, not dicts: ignite 0.4 (MONAI 1.5) takes no nested dicts
+            objects["loaders"] = StateGroup(loaders)
         objects["random_states"] = RandomStates(list(named.values()))
         handlers = stateful_handlers(self._train_handlers)
         if handlers:
-            objects["handlers"] = handlers
+            objects["handlers"] = StateGroup(handlers)
         return objects
 
     def state_dict(self) -> dict[str, Any]:

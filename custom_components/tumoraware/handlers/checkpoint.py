@@ -151,7 +151,7 @@ class CheckpointSaver(_MonaiCheckpointSaver):
         key-metric saver (the last two when the engine tracks them), else ``{}``."""
         if self._key_metric_checkpoint is None:
             return {}
-        saved = self._key_metric_checkpoint.state_dict()["_saved"]
+        saved = _saved_items(self._key_metric_checkpoint)
         state: dict[str, Any] = {"key_metric_saved": [(float(p), str(f)) for p, f in saved]}
         engine_state = getattr(self._engine, "state", None)
         if engine_state is not None and hasattr(engine_state, "best_metric"):
@@ -169,7 +169,7 @@ class CheckpointSaver(_MonaiCheckpointSaver):
                 "save_key_metric=False; save and resume with the same configuration."
             )
         saved = [(p, f) for p, f in state_dict.get("key_metric_saved", [])]
-        self._key_metric_checkpoint.load_state_dict({"_saved": saved})
+        _set_saved_items(self._key_metric_checkpoint, saved)
         if "best_metric" in state_dict:
             self._restored_best = (state_dict["best_metric"], int(state_dict["best_metric_epoch"]))
             self._apply_restored_best()
@@ -198,7 +198,23 @@ class CheckpointSaver(_MonaiCheckpointSaver):
                 found.append(Checkpoint.Item(int(match.group(1)), path.name))
         found.sort(key=lambda item: item.priority)
         keep = found if checkpoint.n_saved is None else found[len(found) - checkpoint.n_saved :]
-        checkpoint.load_state_dict({"_saved": [(i.priority, i.filename) for i in keep]})
+        _set_saved_items(checkpoint, [(i.priority, i.filename) for i in keep])
+
+
+def _saved_key(checkpoint: Checkpoint) -> str:
+    """The key of ignite's ``Checkpoint.state_dict``: ``_saved`` in 0.5, ``saved`` in 0.4 (which
+    MONAI 1.5 and MONAI Label 0.8.5 install)."""
+    return next(k for k in checkpoint.state_dict() if k in ("_saved", "saved"))
+
+
+def _saved_items(checkpoint: Checkpoint) -> list[tuple[Any, str]]:
+    """The ``(priority, filename)`` pairs ignite's ``checkpoint`` keeps, in any ignite version."""
+    return list(checkpoint.state_dict()[_saved_key(checkpoint)])
+
+
+def _set_saved_items(checkpoint: Checkpoint, items: Sequence[tuple[Any, str]]) -> None:
+    """Make ignite's ``checkpoint`` keep ``items`` (``(priority, filename)``), in any version."""
+    checkpoint.load_state_dict({_saved_key(checkpoint): list(items)})
 
 
 #: checkpoint items a resume can go without (with a warning that it is then not exact): what
@@ -246,6 +262,13 @@ class CheckpointLoader(_MonaiCheckpointLoader):
         try:
             super().__call__(engine)
             return
+        except RuntimeError as error:  # load_state_dict: a network of another shape
+            from tumoraware.errors import state_dict_mismatch
+
+            explained = state_dict_mismatch(str(error), checkpoint=self.load_path)
+            if explained is None:
+                raise
+            raise ValueError(explained) from error
         except ValueError as error:
             if "not found in" not in str(error):
                 raise
@@ -268,6 +291,35 @@ class CheckpointLoader(_MonaiCheckpointLoader):
             super().__call__(engine)
         finally:
             self.load_dict = complete
+
+
+class StateGroup:
+    """Several stateful objects under one checkpoint key, as one object with ``state_dict``.
+
+    ignite 0.5 accepts nested dicts of objects in a checkpoint, ignite 0.4 (what MONAI 1.5 and
+    MONAI Label 0.8.5 install) only objects with ``state_dict``; this group saves the same
+    ``{name: member.state_dict()}`` under either. Loading a state that lacks a member fails
+    naming it, so an incomplete checkpoint is never taken for a complete one.
+
+    Args:
+        members: name -> object with ``state_dict`` / ``load_state_dict``.
+    """
+
+    def __init__(self, members: Mapping[str, Any]) -> None:
+        self.members = dict(members)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: member.state_dict() for name, member in self.members.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        missing = sorted(set(self.members) - set(state))
+        if missing:
+            raise ValueError(
+                f"checkpoint group lacks {missing} (it holds {sorted(state)}): it was written "
+                "with another configuration; resume with that configuration or start afresh."
+            )
+        for name, member in self.members.items():
+            member.load_state_dict(state[name])
 
 
 class AttributeState:
