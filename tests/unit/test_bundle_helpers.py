@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from tumoraware.bundle_helpers import contoured_mri, latest_checkpoint
+from tumoraware.bundle_helpers import checkpoint_objects, contoured_mri, latest_checkpoint
 
 
 def _touch(path, mtime: float) -> None:
