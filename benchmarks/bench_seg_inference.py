@@ -2,6 +2,13 @@
 
     python benchmarks/bench_seg_inference.py [--repeats 3] [--threads 0] [--skip-slow]
         [--retries 1] [--bundle bundles/lung_mri_tumor_segmentation] [--out runs/benchmarks]
+        [--device cpu] [--rows 1,3] [--shape 256,256,48] [--profile profiles/test.json]
+
+``--device cuda`` runs the rows on the GPU (the config's ``device``; its CUDA defaults for the
+loader): the device is synchronised before each phase's time stamp, the JSON gets each row's
+``peak_gpu_mb`` (``torch.cuda.max_memory_allocated``) and is named
+``bench_seg_inference_cuda.json``. ``--rows``, ``--shape`` and ``--profile`` (an override file
+added to every row) shrink the run, e.g. for the device check's CPU dry run.
 
 End-to-end time of ``bundles/lung_mri_tumor_segmentation``'s ``configs/inference.json`` as a
 user runs it (``monai.bundle.ConfigWorkflow``, ``workflow_type="infer"``) on a 256 x 256 x 48
@@ -45,6 +52,11 @@ Rows, all with the paper's U-Net (channels 32..512, strides 2, 2 residual units)
 4. the demo profile (``configs/profiles/demo.json``: 64^2 windows, channels 16..128, 3 strides;
    working spacing 96 mm / 64 = 1.5 mm) on the 1.5 mm volume.
 
+Rows 2 and 4 set ``whole_scan_mode`` to ``"sliding"`` (every window of every slice): with random
+weights the coarse pass of ``"coarse_to_fine"`` proposes nothing meaningful, so its time would
+mean nothing either; ``bench_whole_scan.py`` times that mode (rows 1 and 3 fit one window per
+slice, where both modes are the same sliding window).
+
 Prints a table (and the split of each copy's time into phases), writes
 ``bench_seg_inference.json``.
 """
@@ -82,13 +94,13 @@ ROWS: list[dict[str, Any]] = [
      "target": True},
     {"name": "paper net, 1.5 mm volume (384 mm FOV), default working spacing",
      "short": "paper, 1.5mm vol, default", "spacing": 1.5, "configs": ["inference.json"],
-     "overrides": {}, "slow": True, "target": False},
+     "overrides": {"whole_scan_mode": "sliding"}, "slow": True, "target": False},
     {"name": "paper net at 1.5 mm working spacing", "short": "paper, crop_mm 384",
      "spacing": 1.5, "configs": ["inference.json"], "overrides": {"crop_mm": 384.0},
      "slow": False, "target": False},
     {"name": "demo profile", "short": "demo profile", "spacing": 1.5,
-     "configs": ["inference.json", "profiles/demo.json"], "overrides": {}, "slow": False,
-     "target": False},
+     "configs": ["inference.json", "profiles/demo.json"],
+     "overrides": {"whole_scan_mode": "sliding"}, "slow": False, "target": False},
 ]  # fmt: skip
 
 
@@ -253,9 +265,20 @@ def child(spec: dict) -> None:
         c["other_cores"] = 0.0 if c["busy0"] is None or busy1 is None else max(
             (busy1 - c["busy0"] - own_cpu_s() + c["own0"]) / seconds, 0.0)  # fmt: skip
 
+    inferer = evaluator.inferer
+
+    def inferred(engine: Any) -> None:
+        copies[-1]["t_inferred"] = time.perf_counter()
+        copies[-1]["inferer_stats"] = dict(getattr(inferer, "last_stats", {}))
+
+    device = torch.device(parser.get_parsed_content("device"))
+    if device.type == "cuda":  # each phase's stamp must see the device done with that phase
+        for event in (IterationEvents.FORWARD_COMPLETED, IterationEvents.MODEL_COMPLETED):
+            evaluator.add_event_handler(event, lambda _: torch.cuda.synchronize(device))
+        torch.cuda.reset_peak_memory_stats(device)
     evaluator.add_event_handler(Events.GET_BATCH_STARTED, fetch_started)
     evaluator.add_event_handler(Events.GET_BATCH_COMPLETED, fetched)
-    evaluator.add_event_handler(IterationEvents.FORWARD_COMPLETED, stamp("t_inferred"))
+    evaluator.add_event_handler(IterationEvents.FORWARD_COMPLETED, inferred)
     evaluator.add_event_handler(IterationEvents.MODEL_COMPLETED, stamp("t_postprocessed"))
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, done)
 
@@ -271,8 +294,9 @@ def child(spec: dict) -> None:
         if not mask_path.is_file():
             raise RuntimeError(f"no mask {mask_path} for {path}: {os.listdir(spec['output_dir'])}")
         mask_shape = nib.load(mask_path).shape
-        if tuple(mask_shape) != tuple(spec["shape"]):
-            raise RuntimeError(f"mask {mask_path} has shape {mask_shape}, input {spec['shape']}")
+        shape = spec.get("shape") or nib.load(path).shape
+        if tuple(mask_shape) != tuple(shape):
+            raise RuntimeError(f"mask {mask_path} has shape {mask_shape}, input {shape}")
     working = copies[0]["working_shape"]
     result = {
         "torch_threads": torch.get_num_threads(),
@@ -290,13 +314,17 @@ def child(spec: dict) -> None:
         "rss_after_imports_mb": rss_imported,
         "rss_before_run_mb": rss_before_run,
         "peak_rss_mb": max_rss_mb(),
+        "peak_gpu_mb": (
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        ),
         "ru_maxrss_mb": ru_maxrss_mb(),  # >= the parent's peak: see max_rss_mb
         "copies": [
             {"s": c["t_done"] - c["t0"], "load_preprocess_s": c["t_fetched"] - c["t0"],
              "inference_s": c["t_inferred"] - c["t_fetched"],
              "postprocess_s": c["t_postprocessed"] - c["t_inferred"],
              "rest_s": c["t_done"] - c["t_postprocessed"], "stall": c["stall"],
-             "other_cores": c["other_cores"], "working_shape": c["working_shape"]}
+             "other_cores": c["other_cores"], "working_shape": c["working_shape"],
+             "inferer_stats": c["inferer_stats"]}
             for c in copies
         ],
     }  # fmt: skip
@@ -322,6 +350,18 @@ def bundle_state(bundle: Path) -> dict:
     }
 
 
+def run_child(spec: dict, what: str) -> dict:
+    """Run one spec in a fresh process (this script with ``--child``) and read its result."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{what} failed, exit {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return json.loads(Path(spec["result"]).read_text())
+
+
 def run_row(row: dict, index: int, args: argparse.Namespace, tmp: Path, image: np.ndarray) -> dict:
     copies = 1 if row["slow"] else max(args.repeats, 2)
     warmup = 0 if row["slow"] else 1
@@ -341,15 +381,7 @@ def run_row(row: dict, index: int, args: argparse.Namespace, tmp: Path, image: n
         "shape": list(SHAPE),
         "result": str(folder / "result.json"),
     }
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env, cwd=REPO)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"row {index} ({row['name']}) failed, exit {proc.returncode}:\n"
-            f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-        )
-    result = json.loads(Path(spec["result"]).read_text())
+    result = run_child(spec, f"row {index} ({row['name']})")
     timed = result["copies"][warmup:]
     seconds = [c["s"] for c in timed]
     median = float(np.median(seconds))
@@ -426,11 +458,19 @@ def main() -> None:
     )
     parser.add_argument("--bundle", default=str(BUNDLE), help="the bundle's folder")
     parser.add_argument("--out", default="runs/benchmarks")
+    parser.add_argument("--device", default="cpu", help="the config's device, e.g. cuda")
+    parser.add_argument("--rows", default="", help="comma-separated row numbers (default: all)")
+    parser.add_argument("--shape", default="", help="volume shape X,Y,Z (default 256,256,48)")
+    parser.add_argument("--profile", default="", help="override file added to every row")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(json.loads(args.child))
         return
+    global SHAPE
+    if args.shape:
+        SHAPE = tuple(int(v) for v in args.shape.split(","))
+    wanted = {int(v) for v in args.rows.split(",") if v.strip()}
 
     import monai
     import torch
@@ -446,6 +486,13 @@ def main() -> None:
     rows, skipped = [], []
     with tempfile.TemporaryDirectory(prefix="bench_seg_") as tmp:
         for index, row in enumerate(ROWS, start=1):
+            if wanted and index not in wanted:
+                continue
+            row = {
+                **row,
+                "configs": [*row["configs"], *([args.profile] if args.profile else [])],
+                "overrides": {**row["overrides"], "device": f"$torch.device('{args.device}')"},
+            }
             if row["slow"] and args.skip_slow:
                 skipped.append({"row": index, "name": row["name"], "short": row["short"]})
                 continue
@@ -498,8 +545,10 @@ def main() -> None:
         "rows": rows,
         "skipped": skipped,
     }
-    (out / "bench_seg_inference.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out / 'bench_seg_inference.json'}")
+    kind = torch.device(args.device).type
+    name = "bench_seg_inference.json" if kind == "cpu" else f"bench_seg_inference_{kind}.json"
+    (out / name).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":

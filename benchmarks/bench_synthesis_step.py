@@ -1,8 +1,13 @@
-"""Synthesis training step speed: the CycleGAN engine vs a plain eager PyTorch step, on CPU.
+"""Synthesis training step speed: the CycleGAN engine vs a plain eager PyTorch step.
 
     python benchmarks/bench_synthesis_step.py [--size 256] [--ngf 64] [--n_blocks 9]
         [--repeats 3] [--threads 0] [--max-stall 0.05] [--max-others 0.1] [--extra-rounds N]
-        [--out runs/benchmarks]
+        [--device cpu] [--mode interleaved|sequential] [--steps 20] [--warmup 3]
+        [--log-every 50] [--out runs/benchmarks]
+
+Two modes. ``interleaved`` (the default on CPU) is the comparison below. ``sequential`` (the
+default on any other device, e.g. ``--device cuda``; see "Sequential mode" at the end) times
+the rows of the GPU device check one at a time.
 
 Seconds per training step (batch 1) of four variants, built once each and timed *interleaved*
 (A, B, C, D, A, B, C, D, ...; medians reported) because a shared machine is noisy:
@@ -33,6 +38,18 @@ stall fractions, other processes' cores and matmul probe.
 
 Targets: engine cyclegan <= 1.03 x plain eager; tumour-aware <= 1.15 x engine cyclegan;
 every variant >= 60 % of the measured peak. Prints a table, writes JSON.
+
+Sequential mode: the rows of ``SEQUENTIAL_ROWS`` (plain eager in fp32; engine CycleGAN and
+engine tumour-aware with AMP off and on; tumour-aware with AMP and cuDNN's autotuner, what
+``deterministic`` false gives) are each built alone, warmed up (``--warmup`` steps, untimed),
+FLOP-counted (one untimed step), then ``--steps`` steps run back to back between two device
+synchronisations: seconds per step is their mean, as a training loop sees it (the engine reads
+its losses back every ``--log-every`` steps, as the bundle's ``log_every``). The peak device
+memory (``torch.cuda.max_memory_allocated``, reset after the warm-up) covers the row's networks,
+optimizer states, pools and one step's activations; each row is freed before the next. AMP is
+honoured on CUDA only (the engine trains in fp32 elsewhere and says so). The time some task
+waited for a CPU during the timed steps (Linux PSI) is recorded per row, not acted on: a GPU
+machine is not shared. Writes ``bench_synthesis_step_<device>_<size>px_ngf<ngf>_b<blocks>.json``.
 """
 
 from __future__ import annotations
@@ -40,6 +57,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import time
@@ -61,6 +79,15 @@ LR, BETAS, LAMBDA_CYC = 1e-4, (0.5, 0.999), 10.0
 U_CHANNELS = (32, 64, 128, 256)
 N_SAMPLES = 4  # distinct random slices per loader
 VARIANTS = ("plain eager", "engine cyclegan", "engine masked", "engine tumour-aware")
+# sequential mode: (variant, AMP, cuDNN autotuner)
+SEQUENTIAL_ROWS = (
+    ("plain eager", False, False),
+    ("engine cyclegan", False, False),
+    ("engine cyclegan", True, False),
+    ("engine tumour-aware", False, False),
+    ("engine tumour-aware", True, False),
+    ("engine tumour-aware", True, True),
+)
 TARGETS = {"engine_vs_plain": 1.03, "tumour_vs_engine": 1.15, "pct": 60.0}  # % of matmul peak
 
 
@@ -88,14 +115,16 @@ def cycle(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
         yield from loader
 
 
-def build_gans(channels: int, args: argparse.Namespace) -> tuple[torch.nn.Module, ...]:
+def build_gans(
+    channels: int, args: argparse.Namespace, device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, ...]:
     """G, F, D_MRI, D_CT with ``channels`` in (and out), seeded so variants share weights."""
     torch.manual_seed(0)
     g = ResnetGenerator(channels, channels, ngf=args.ngf, n_blocks=args.n_blocks)
     f = ResnetGenerator(channels, channels, ngf=args.ngf, n_blocks=args.n_blocks)
     d_mri = patch_discriminator(channels, channels=args.ndf)
     d_ct = patch_discriminator(channels, channels=args.ndf)
-    return g, f, d_mri, d_ct
+    return tuple(net.to(device) for net in (g, f, d_mri, d_ct))
 
 
 def adam(*modules: torch.nn.Module) -> torch.optim.Adam:
@@ -106,18 +135,20 @@ def adam(*modules: torch.nn.Module) -> torch.optim.Adam:
 # the four step functions (each returns a callable that runs one full training step)
 
 
-def plain_eager_step(args: argparse.Namespace) -> Callable[[], float]:
-    g, f, d_mri, d_ct = build_gans(1, args)
+def plain_eager_step(args: argparse.Namespace, device: str = "cpu") -> Callable[[], float]:
+    g, f, d_mri, d_ct = build_gans(1, args, device)
     opt_g, opt_d = adam(g, f), adam(d_mri, d_ct)
     ct_loader, mri_loader = random_loaders(args.size, seed=1)
     ct_batches, mri_batches = cycle(ct_loader), cycle(mri_loader)
+    log_every, steps = int(getattr(args, "log_every", 1)), [0]
 
     def lsgan(logits: torch.Tensor, real: bool) -> torch.Tensor:
         target = torch.ones_like(logits) if real else torch.zeros_like(logits)
         return nnf.mse_loss(logits, target)
 
     def step() -> float:
-        x_c, x_m = next(ct_batches)["image"], next(mri_batches)["image"]
+        x_c = next(ct_batches)["image"].to(device, non_blocking=True)
+        x_m = next(mri_batches)["image"].to(device, non_blocking=True)
         for net in (g, f, d_mri, d_ct):
             net.train()
         # G step, D frozen
@@ -143,19 +174,26 @@ def plain_eager_step(args: argparse.Namespace) -> Callable[[], float]:
         )
         loss_d.backward()
         opt_d.step()
-        return loss_g.item() + loss_d.item()
+        total = loss_g.detach() + loss_d.detach()
+        steps[0] += 1  # losses read back every log_every steps, as the engine does
+        return total.item() if steps[0] % log_every == 0 else total  # type: ignore[return-value]
 
     return step
 
 
 def engine_step(
-    args: argparse.Namespace, masked: bool = False, tumour: bool = False
+    args: argparse.Namespace,
+    masked: bool = False,
+    tumour: bool = False,
+    device: str = "cpu",
+    amp: bool = False,
 ) -> Callable[[], float]:
-    g, f, d_mri, d_ct = build_gans(2 if masked else 1, args)
-    tumour_nets = TiedTumourUNets(channels=U_CHANNELS) if tumour else None
+    g, f, d_mri, d_ct = build_gans(2 if masked else 1, args, device)
+    tumour_nets = TiedTumourUNets(channels=U_CHANNELS).to(device) if tumour else None
     ct_loader, mri_loader = random_loaders(args.size, seed=1)
+    log_every = int(getattr(args, "log_every", 1))
     trainer = CycleGANTrainer(
-        device="cpu",
+        device=device,
         max_epochs=1,
         train_data_loader=ct_loader,
         mri_data_loader=mri_loader,
@@ -171,13 +209,18 @@ def engine_step(
         pool_size=50,
         pool_seed=0,
         masked=masked,
+        amp=amp,
+        non_blocking=device != "cpu",
+        log_every=log_every,
     )
     ct_batches = cycle(ct_loader)
 
     def step() -> float:
+        trainer.state.iteration += 1  # as the engine's loop counts: losses read every log_every
         out = trainer._iteration(trainer, next(ct_batches))
         return out["loss_G"] + out["loss_D"]
 
+    step.amp = trainer.amp  # type: ignore[attr-defined]  # False wherever AMP is not honoured
     return step
 
 
@@ -312,7 +355,121 @@ def check_targets(rows: list[dict]) -> list[dict]:
     ]  # fmt: skip
 
 
-def main() -> None:
+# ------------------------------------------------------------------------------------------------
+# sequential mode (the GPU device check)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sequential_row(
+    args: argparse.Namespace, variant: str, amp: bool, autotune: bool
+) -> dict[str, object]:
+    """One row of ``SEQUENTIAL_ROWS``, built, timed and measured alone (see the docstring)."""
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = autotune
+    torch.backends.cudnn.deterministic = not autotune
+    if variant == "plain eager":
+        step = plain_eager_step(args, str(device))
+        amp_used = False
+    else:
+        step = engine_step(args, tumour=variant == "engine tumour-aware", device=str(device),
+                           amp=amp)  # fmt: skip
+        amp_used = bool(step.amp)  # type: ignore[attr-defined]
+    for _ in range(args.warmup):
+        step()
+    _sync(device)
+    flops = count_flops(step)
+    _sync(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    stall0, start = stall_us(), time.perf_counter()
+    for _ in range(args.steps):
+        loss = step()
+    _sync(device)
+    wall, stall1 = time.perf_counter() - start, stall_us()
+    seconds = wall / args.steps
+    if not math.isfinite(float(loss)):
+        raise RuntimeError(f"non-finite loss {float(loss)} in {variant}")
+    row = {
+        "variant": variant, "amp": amp, "amp_used": amp_used, "cudnn_benchmark": autotune,
+        "s_per_step": seconds, "steps_per_s": 1.0 / seconds, "steps": args.steps,
+        "tflop_per_step": flops / 1e12, "tflop_per_s": flops / seconds / 1e12,
+        "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
+        "stall_fraction": None if None in (stall0, stall1) else (stall1 - stall0) / 1e6 / wall,
+    }  # fmt: skip
+    del step
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return row
+
+
+def device_info(device: torch.device) -> dict[str, object]:
+    """The accelerator and the numerics flags the timings depend on."""
+    info: dict[str, object] = {"device": str(device), "torch": torch.__version__}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(
+            gpu=torch.cuda.get_device_name(device),
+            capability=[props.major, props.minor],
+            memory_gb=props.total_memory / 2**30,
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
+            cudnn_tf32=torch.backends.cudnn.allow_tf32,
+        )
+    else:
+        info.update(
+            processor=platform.processor() or platform.machine(),
+            torch_threads=torch.get_num_threads(),
+        )
+    return info
+
+
+def run_sequential(args: argparse.Namespace) -> dict[str, object]:
+    """Every ``SEQUENTIAL_ROWS`` row; prints a table, writes and returns the report."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device (torch {torch.__version__})")
+    flags = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    print(
+        f"{device}: size {args.size}, ngf {args.ngf}, ndf {args.ndf}, n_blocks {args.n_blocks}, "
+        f"{args.warmup} warm-up + {args.steps} timed steps per row, losses read every "
+        f"{args.log_every}",
+        flush=True,
+    )
+    rows = []
+    try:
+        for variant, amp, autotune in SEQUENTIAL_ROWS:
+            rows.append(sequential_row(args, variant, amp, autotune))
+            r = rows[-1]
+            memory = "" if r["peak_memory_mb"] is None else f", peak {r['peak_memory_mb']:.0f} MB"
+            print(
+                f"  {variant:20} AMP {'on ' if r['amp_used'] else 'off'} "
+                f"autotune {'on ' if autotune else 'off'}: {r['s_per_step'] * 1e3:8.1f} ms/step, "
+                f"{r['tflop_per_s']:.2f} TFLOP/s{memory}",
+                flush=True,
+            )
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags
+    config = vars(args) | {"batch": 1, "lr": LR, "betas": BETAS, "u_channels": U_CHANNELS}
+    report = {"machine": device_info(device), "config": config, "rows": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"bench_synthesis_step_{device.type}_{args.size}px_ngf{args.ngf}_b{args.n_blocks}.json"
+    (out / name).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out / name}")
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--ngf", type=int, default=64)
@@ -337,12 +494,41 @@ def main() -> None:
     parser.add_argument(
         "--extra-rounds", type=int, default=None, help="most repeated rounds (default --repeats)"
     )
+    parser.add_argument("--device", default="cpu", help="e.g. cuda (sequential mode)")
+    parser.add_argument(
+        "--mode",
+        choices=("interleaved", "sequential"),
+        default=None,
+        help="default: interleaved on CPU, sequential elsewhere",
+    )
+    parser.add_argument("--steps", type=int, default=20, help="sequential: timed steps per row")
+    parser.add_argument("--warmup", type=int, default=3, help="sequential: untimed steps per row")
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        default=None,
+        help="read the losses back every N steps (default: 1 interleaved, 50 sequential)",
+    )
     parser.add_argument("--out", default="runs/benchmarks")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.mode is None:
+        args.mode = "interleaved" if torch.device(args.device).type == "cpu" else "sequential"
+    if args.log_every is None:
+        args.log_every = 1 if args.mode == "interleaved" else 50
     if args.extra_rounds is None:
         args.extra_rounds = args.repeats
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.mode == "sequential":
+        run_sequential(args)
+        return
+    if args.device != "cpu":
+        raise SystemExit("the interleaved comparison runs on CPU; use --mode sequential")
     threads = torch.get_num_threads()
     load_before, pressure_before = os.getloadavg(), cpu_pressure()
     print(

@@ -1,5 +1,5 @@
-"""Small glue the bundle configs call: what to log, attaching handlers that need the trainer,
-what a checkpoint holds and which one ``--resume True`` continues from."""
+"""Small glue the bundle configs call: what to log and how often, attaching handlers that need
+the trainer, what a checkpoint holds and which one ``--resume True`` continues from."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ __all__ = [
     "checkpoint_objects",
     "checkpoint_problem",
     "contoured_mri",
+    "every_n_iterations",
+    "iteration_loss",
     "latest_checkpoint",
     "scalar_losses",
     "synthetic_if_present",
@@ -32,12 +34,39 @@ def scalar_losses(output: Mapping[str, Any] | list[Mapping[str, Any]]) -> dict[s
     Used as ``output_transform`` of StatsHandler / TensorBoardStatsHandler, which log every
     key of a returned dict. A decollated output (a list of per-sample dicts, MONAI's
     convention, in which the scalar losses are replicated) is read from its first item.
+    A 0-dim tensor (a loss the trainer has not read back yet, ``log_every`` > 1) is read here:
+    only the iterations a handler logs pay for that device sync.
     """
     if isinstance(output, list):
         output = output[0]
     return {
-        k: float(v) for k, v in output.items() if isinstance(v, (int, float)) and k != "loss"
+        k: float(v) for k, v in output.items() if _is_scalar(v) and k != "loss"
     }  # "loss" repeats loss_G under MONAI's conventional name
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) or getattr(value, "ndim", None) == 0
+
+
+def iteration_loss(output: Mapping[str, Any] | list[Mapping[str, Any]]) -> Any:
+    """``output["loss"]`` of a trainer iteration, decollated (a list of per-sample dicts, the
+    loss replicated in each) or not: the trainers decollate only when they log every iteration
+    (decollating reads every scalar back from the device)."""
+    return (output[0] if isinstance(output, list) else output)["loss"]
+
+
+def every_n_iterations(n: int) -> bool | Callable[[Any, int], bool]:
+    """``iteration_log`` of MONAI's Stats/TensorBoard handlers for logging every ``n``-th
+    iteration: ``True`` for ``n <= 1`` (MONAI's plain every-iteration event, as before the
+    option existed), else an ignite event filter on the iteration number."""
+    n = int(n)
+    if n <= 1:
+        return True
+
+    def every(_engine: Any, iteration: int) -> bool:
+        return iteration % n == 0
+
+    return every
 
 
 def attach_all(handlers: list[Any], engine: Any) -> None:

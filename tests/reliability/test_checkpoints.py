@@ -3,7 +3,8 @@
 With real processes: a checkpoint save SIGKILLed while it writes leaves the previous checkpoint
 and no partial file; both bundles' trainings SIGKILLed at a random point after their first
 checkpoint and resumed with ``--resume true`` end with bit-identical weights (and, for the
-segmentation, the same best-metric ``model.pt``). In process: ``--resume`` skips an empty or
+segmentation, the same best-metric ``model.pt``, also with its random augmentations run by two
+loader worker processes, the GPU setting). In process: ``--resume`` skips an empty or
 truncated newest checkpoint with a warning naming it, and a resumed key-metric saver never lets
 a worse network overwrite ``model.pt``.
 """
@@ -290,15 +291,16 @@ def test_a_killed_synthesis_training_resumes_to_bit_identical_weights(tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2], ids=["in_process", "two_workers"])
 def test_a_killed_segmentation_training_resumes_to_the_same_weights_and_best_model(
-    tmp_path, tiny_world
+    tmp_path, tiny_world, workers
 ):
     configs = [
         "configs/train.json", "configs/variants/week_one_only.json", "configs/profiles/test.json",
     ]  # fmt: skip
     a, b, whole, parts, context = _kill_resume_compare(
-        SEGMENTATION, configs, tmp_path, ["network"],
-        mri_manifest=tiny_world[1], synthetic_manifest=tmp_path / "none.json",
+        SEGMENTATION, configs, tmp_path, ["network"], mri_manifest=tiny_world[1],
+        synthetic_manifest=tmp_path / "none.json", num_workers=workers,
     )  # fmt: skip
     assert a["best_model"] == b["best_model"], context  # the best Dice, its epoch and file
     best = [

@@ -1,5 +1,6 @@
 """`latest_checkpoint`: what `--resume True` continues from, finished or interrupted;
-`contoured_mri`: the MRI the synthesis bundle cuts around its tumours."""
+`contoured_mri`: the MRI the synthesis bundle cuts around its tumours; what the trainers log and
+how often (`log_every`); `seed_run`, the `deterministic` switch."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ import os
 
 import pytest
 import torch
+from monai.utils import set_determinism
 
-from tumoraware.bundle_helpers import checkpoint_objects, contoured_mri, latest_checkpoint
+from tumoraware.bundle_helpers import (
+    checkpoint_objects,
+    contoured_mri,
+    every_n_iterations,
+    iteration_loss,
+    latest_checkpoint,
+    scalar_losses,
+)
+from tumoraware.seeding import seed_run
 
 
 def _touch(path, mtime: float) -> None:
@@ -59,6 +69,43 @@ def test_contoured_mri_names_the_problem_and_both_fixes(tiny_world, split, messa
     with pytest.raises(ValueError, match=message) as info:
         contoured_mri(manifest, ["mri_week1", split])
     assert "--mri_tumour_regions false" in str(info.value) and str(manifest) in str(info.value)
+
+
+def test_logging_every_n_iterations_filters_the_iteration_event():
+    from ignite.engine import Engine, Events
+
+    assert every_n_iterations(1) is True  # MONAI's plain event, as before the option
+    engine = Engine(lambda e, b: None)
+    logged = []
+    engine.add_event_handler(
+        Events.ITERATION_COMPLETED(event_filter=every_n_iterations(3)),
+        lambda e: logged.append(e.state.iteration),
+    )
+    engine.run(range(4), max_epochs=2)
+    assert logged == [3, 6]
+
+
+def test_logged_losses_read_decollated_or_batch_outputs_and_unsynced_tensors():
+    batch = {"loss": torch.tensor(0.5), "loss_G": torch.tensor(0.5), "cycle": 2.0,
+             "images": {"ct": torch.zeros(1, 1, 2, 2)}}  # fmt: skip
+    assert iteration_loss(batch) is batch["loss"]
+    assert iteration_loss([{"loss": 0.25}, {"loss": 0.25}]) == 0.25
+    assert scalar_losses(batch) == {"loss_G": 0.5, "cycle": 2.0}
+    assert scalar_losses([{"loss": 1.0, "loss_D": 3.0}]) == {"loss_D": 3.0}
+
+
+@pytest.mark.parametrize("deterministic", [True, False, "false", "True"])
+def test_seed_run_seeds_and_switches_cudnn(deterministic):
+    seed_run(3, deterministic)
+    first = torch.rand(2)
+    fast = deterministic in (False, "false")
+    assert torch.backends.cudnn.benchmark is fast
+    assert torch.backends.cudnn.deterministic is not fast
+    seed_run(3, deterministic)
+    assert torch.equal(torch.rand(2), first)
+    seed_run(0)  # the bundles' default
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    set_determinism(seed=None)  # torch's own flags again, for the tests that follow
 
 
 def test_checkpoint_objects_are_flat_for_ignite_0_4_and_round_trip(tmp_path):

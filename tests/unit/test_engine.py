@@ -493,3 +493,33 @@ def test_pretraining_is_skipped_on_resume():
     trainer.state.iteration = 8  # the first iteration of a run resumed after iteration 7
     pretraining.pretrain(trainer)
     assert pretraining.losses == []
+
+
+def test_log_every_reads_losses_back_only_on_logged_iterations_and_trains_the_same():
+    outputs = {}
+    nets = {}
+    for log_every in (1, 3):
+        torch.manual_seed(0)
+        trainer = build_trainer(
+            n_ct=4, mri_loader=[labelled_mri_batch()], max_epochs=2, log_every=log_every
+        )
+        seen = []
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda e, seen=seen: seen.append(dict(e.state.output))
+        )
+        trainer.run()
+        outputs[log_every] = seen
+        nets[log_every] = snapshot(trainer.g_ct2mri, trainer.d_mri, trainer.tumour_nets)
+    assert same(nets[1], nets[3])  # when losses are read back changes nothing else
+    computed = LOSS_KEYS - {"identity", "real_mri"} | {"mri_has_tumour"}  # the rest are off
+    for iteration, (every, third) in enumerate(zip(outputs[1], outputs[3], strict=True), 1):
+        for key in LOSS_KEYS | {"mri_has_tumour"}:
+            assert type(every[key]) is float, key
+            assert float(third[key]) == every[key], key
+            if iteration % 3 == 0 or key not in computed:
+                assert type(third[key]) is float, key
+            else:  # not read back yet: a detached 0-dim tensor
+                assert isinstance(third[key], torch.Tensor) and third[key].ndim == 0, key
+                assert not third[key].requires_grad, key
+    with pytest.raises(ValueError, match="log_every"):
+        build_trainer(log_every=0)

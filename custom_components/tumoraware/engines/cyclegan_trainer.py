@@ -108,7 +108,12 @@ class CycleGANTrainer(Trainer):
     MRI batch has a label with a tumour pixel, 0.0 without; absent for unlabelled MRI), and
     ``images``: detached tensors ``ct``,
     ``fake_mri``, ``rec_ct`` (image channel only, ``(B, 1, H, W)``) and ``label`` (``y_c``, or
-    ``None`` when the CT batch has none) for handlers that draw previews.
+    ``None`` when the CT batch has none) for handlers that draw previews. With ``log_every`` N >
+    1 the losses and ``mri_has_tumour`` are python floats only on iterations that are multiples
+    of N (the ones to log); on the others they stay detached 0-dim tensors on the device, because
+    reading a GPU value back (``.item()``) waits for every queued kernel and stalls the step
+    pipeline. Log with handlers that fire every N iterations
+    (:func:`tumoraware.bundle_helpers.every_n_iterations`).
 
     Events: ``IterationEvents.FORWARD_COMPLETED`` (generator forward passes done),
     ``LOSS_COMPLETED`` (``loss_G`` computed) and ``BACKWARD_COMPLETED`` (G gradients ready, before
@@ -122,7 +127,8 @@ class CycleGANTrainer(Trainer):
     restarted); give it to ``CheckpointSaver(save_dict=...)`` and
     ``CheckpointLoader(load_dict=...)``. With :class:`~tumoraware.engines.ResumableDataLoader`
     loaders (the bundle's), a run resumed from a checkpoint written between iterations repeats
-    the uninterrupted run bit for bit (one process, same threads); plain loaders restart.
+    the uninterrupted run bit for bit (one process, same threads, loader workers not
+    persistent); plain loaders restart.
 
     Args:
         device: the device to train on, e.g. ``"cuda:0"`` or ``torch.device("cpu")``.
@@ -176,7 +182,11 @@ class CycleGANTrainer(Trainer):
             only when ``device`` is CUDA. On CPU it is ignored with a logged warning (CPU autocast
             is much slower than float32 there, not faster).
         epoch_length: iterations per epoch, default ``len(train_data_loader)``.
-        non_blocking: non-blocking host-to-device copies in ``prepare_batch``.
+        non_blocking: non-blocking host-to-device copies in ``prepare_batch`` (useful with a
+            loader that pins memory).
+        log_every: losses become python floats every this many iterations (1: every one);
+            see the iteration output above. With N > 1 keep ``decollate`` False: decollating
+            reads every scalar back, every iteration.
         prepare_batch: ``prepare_batch(batchdata, device, non_blocking, **to_kwargs)`` applied to
             CT and MRI batches alike; must return ``(image, label_or_None)``.
         iteration_update: replaces :meth:`_iteration` when given (ignite process function).
@@ -224,6 +234,7 @@ class CycleGANTrainer(Trainer):
         amp: bool = False,
         epoch_length: int | None = None,
         non_blocking: bool = False,
+        log_every: int = 1,
         prepare_batch: Callable = default_prepare_batch,
         iteration_update: Callable | None = None,
         postprocessing: Callable | None = None,
@@ -266,6 +277,9 @@ class CycleGANTrainer(Trainer):
                 f"amp=True ignored on device {device}: mixed precision is used on CUDA only "
                 "(CPU autocast is far slower than fp32); training in fp32."
             )
+        if int(log_every) < 1:
+            raise ValueError(f"log_every must be >= 1, got {log_every}.")
+        self.log_every = int(log_every)
         if tumour_nets is not None and u_optimizer is None:
             raise ValueError("tumour_nets were given without u_optimizer; pass both or neither.")
         if real_mri_loader is not None and tumour_nets is None:
@@ -565,11 +579,15 @@ class CycleGANTrainer(Trainer):
             out["loss_U"] = loss_u
             engine.fire_event(CycleGANEvents.TUMOUR_NETWORK_COMPLETED)
 
+        # a GPU value read back waits for the whole queue: only on the iterations that log
+        synced = engine.state.iteration % engine.log_every == 0
         for key in LOSS_KEYS:
             if isinstance(out[key], torch.Tensor):
-                out[key] = out[key].detach().float().item()
+                value = out[key].detach().float()
+                out[key] = value.item() if synced else value
         if y_m is not None:  # how often D_MRI's real side shows a tumour (a diagnostic)
-            out["mri_has_tumour"] = float(y_m.detach().sum() > 0)
+            has_tumour = (y_m.detach().sum() > 0).float()
+            out["mri_has_tumour"] = has_tumour.item() if synced else has_tumour
         out["loss"] = out["loss_G"]  # MONAI's conventional key (e.g. `--tracking mlflow` logs it)
         out["images"] = {
             "ct": x_c.detach(),

@@ -12,8 +12,13 @@ it stopped. Two objects make that state checkpointable (``state_dict`` / ``load_
   random generator of the data pipeline (each MONAI ``Randomizable`` transform's ``R``, the
   samplers' and loaders' ``torch.Generator``), found by walking the loaders it is given.
 
-Exactness holds on one process with ``num_workers=0`` (the bundles' setting) for a checkpoint
-taken between iterations; see :class:`RandomStates` for distributed runs.
+Exactness holds on one process for a checkpoint taken between iterations, with
+``num_workers=0`` (the bundles' CPU default) or with worker processes that are not persistent
+(their CUDA default): each pass starts new workers, seeded from the random state the pass starts
+with, which the checkpoint restores. ``persistent_workers=True`` keeps the workers, and the
+random states of the transforms they run, from one pass to the next, out of any checkpoint's
+reach: restored in a later pass than the first, the loader's random transforms differ. See
+:class:`RandomStates` for distributed runs.
 """
 
 from __future__ import annotations
@@ -71,7 +76,9 @@ class ResumableDataLoader(DataLoader):
     ``iter(loader)`` rebuilds that pass from the record and skips the yielded batches: with
     ``num_workers=0`` it advances only the sampler (no sample is loaded or transformed, so no
     transform draws a random number), with workers it loads and drops them. The random states
-    are put back afterwards, so replaying consumes nothing. Passes after it are ordinary.
+    are put back afterwards, so replaying consumes nothing. Passes after it are ordinary. Worker
+    processes are seeded from the restored state as well, so they repeat their random transforms,
+    unless they are persistent (see the module docstring).
 
     Same arguments as ``monai.data.DataLoader``; a drop-in replacement in the configs.
     """
