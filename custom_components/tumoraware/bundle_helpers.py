@@ -186,6 +186,8 @@ def synthetic_if_present(
     volume_transform: Callable,
     transform: Callable | None = None,
     track_meta: bool | None = None,
+    cache_dir: str | None = None,
+    cache_workers: int | None = None,
 ) -> list[Any]:
     """The synthetic-MRI slice dataset of ``manifest``/``split`` as a one-item list, or ``[]``
     (with a warning) when ``manifest`` does not exist.
@@ -194,7 +196,7 @@ def synthetic_if_present(
     synthesis bundle's synthetic MRI is there, the labelled MRI alone where it cannot be (MONAI
     Label trains the bundle on the labels in its datastore, through ``train#dataset#data``).
     The Table-1 variants list their sources explicitly and fail on a missing manifest.
-    ``track_meta`` is passed to :class:`SliceCacheDataset`.
+    ``track_meta``, ``cache_dir`` and ``cache_workers`` are passed to :class:`SliceCacheDataset`.
     """
     from tumoraware.data.manifest import load_split
     from tumoraware.data.slice_dataset import SliceCacheDataset
@@ -207,7 +209,12 @@ def synthetic_if_present(
         )
         return []
     dataset = SliceCacheDataset(
-        load_split(manifest, split), volume_transform, transform, track_meta=track_meta
+        load_split(manifest, split),
+        volume_transform,
+        transform,
+        track_meta=track_meta,
+        cache_dir=cache_dir,
+        cache_workers=cache_workers,
     )
     return [dataset]
 

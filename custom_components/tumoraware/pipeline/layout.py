@@ -160,6 +160,11 @@ class StudyLayout:
         """``report.json`` of the study."""
         return self.root / REPORT
 
+    @property
+    def slice_cache(self) -> Path:
+        """On-disk slice stores shared by every stage and seed (each keyed by its content)."""
+        return self.root / "slice_cache"
+
     def seed_dir(self, seed: int) -> Path:
         """Everything of one seed: ``seed<N>``."""
         return self.root / f"{_SEED}{seed}"

@@ -170,14 +170,14 @@ def study_stages(
             stage(
                 train, synthesis, ["configs/train.json", *extra, *prof],
                 {**data, "ckpt_dir": models, "output_dir": layout.events(seed, SYNTHESIS, model),
-                 "seed": seed},
+                 "seed": seed, "slice_cache_dir": layout.slice_cache},
                 outputs=[WEIGHTS_FILE, f"{MODELS_DIR}/checkpoint_final.pt"],
                 checkpoints=MODELS_DIR,
             ),
             stage(
                 evaluate, synthesis, ["configs/train.json", "configs/evaluate.json", *extra, *prof],
                 {**data, "ckpt_dir": models, "output_dir": layout.stage_dir(evaluate),
-                 "seed": seed},
+                 "seed": seed, "slice_cache_dir": layout.slice_cache},
                 after=[train.name], outputs=["tumour_kl.json"],
             ),
             stage(
@@ -204,7 +204,8 @@ def study_stages(
                 train, segmentation, ["configs/train.json", variant, *prof],
                 {"mri_manifest": data["mri_manifest"], **synthetic,
                  "ckpt_dir": layout.models(seed, SEGMENTATION, method.key),
-                 "output_dir": layout.events(seed, SEGMENTATION, method.key), "seed": seed},
+                 "output_dir": layout.events(seed, SEGMENTATION, method.key), "seed": seed,
+                 "slice_cache_dir": layout.slice_cache},
                 after=[source.name] if source else [], outputs=[WEIGHTS_FILE],
                 checkpoints=MODELS_DIR,
             )
@@ -218,7 +219,8 @@ def study_stages(
                     {"mri_manifest": data["mri_manifest"], "eval_split": split,
                      "ckpt_dir": layout.models(seed, SEGMENTATION, method.key),
                      "output_dir": layout.stage_dir(evaluation),
-                     "method_name": method.title, "seed": seed},
+                     "method_name": method.title, "seed": seed,
+                     "slice_cache_dir": layout.slice_cache},
                     after=[train.name], outputs=["summary.json", "fig4_panels.png"],
                 )
             )  # fmt: skip
