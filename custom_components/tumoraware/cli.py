@@ -4,6 +4,7 @@ tumoraware phantoms --out_dir data/phantoms --seed 0 --profile demo [--preview]
 tumoraware manifest validate data_manifests/phantoms.json [--deep]
 tumoraware demo [--seeds 0,1,2]
 tumoraware reproduce --ct_manifest CT.json --mri_manifest MRI.json --profile paper
+tumoraware dicom_out --mask M.nii.gz --series SERIES_DIR --out_dir OUT [--formats seg,rtstruct]
 tumoraware monailabel serve --bundle dist/lung_mri_tumor_segmentation --studies DIR
 tumoraware export_zoo --bundle bundles/NAME [--study runs/demo --seed 0 | --weights PATH/model.pt]
 tumoraware verify_zoo dist/NAME [--ct_manifest CT.json --mri_manifest MRI.json]
@@ -174,6 +175,31 @@ class TumourAwareCLI:
 
         image, label = rtstruct_to_nifti(dicom_dir, rtstruct, roi, out_dir, allow_gaps)
         print(f"rtstruct_to_nifti: {image}, {label}")
+
+    def dicom_out(
+        self,
+        mask: str,
+        series: str,
+        out_dir: str,
+        formats: str | tuple[str, ...] = "seg,rtstruct",
+        model_name: str = "lung_mri_tumor_segmentation",
+        model_version: str = "unknown",
+        series_uid: str | None = None,
+        resample: bool = False,
+    ) -> None:
+        """Write a NIfTI tumour mask as DICOM SEG and/or RTSTRUCT (ROI GTV) of its DICOM series.
+
+        MASK (0/1 NIfTI, e.g. the bundle's runs/inference/<case>_seg.nii.gz) must lie on the
+        grid of the series in SERIES (checked through its affine; any axis order). Writes
+        OUT_DIR/<case>_seg.dcm and OUT_DIR/<case>_rtstruct.dcm, which reference the series'
+        instances and copy its patient and study. --resample samples a mask on another grid
+        onto the series (nearest neighbour); --series_uid picks a series in a shared folder.
+        """
+        from tumoraware.data.dicom.outputs import dicom_out
+
+        paths = dicom_out(mask, series, out_dir, formats, model_name, model_version, series_uid,
+                          resample)  # fmt: skip
+        print(f"dicom_out: {', '.join(str(p) for p in paths.values())}")
 
     def phantoms(
         self,
