@@ -106,7 +106,10 @@ def _stand_in(args: tuple[dict, str]) -> dict:
 
     item, folder = args
     name = Path(item["image"]).name.replace("_image.nii.gz", "")
-    image_path, label_path = Path(folder) / f"{name}_mri.nii.gz", Path(folder) / f"{name}_lab.nii.gz"
+    image_path, label_path = (
+        Path(folder) / f"{name}_mri.nii.gz",
+        Path(folder) / f"{name}_lab.nii.gz",
+    )
     if not (image_path.exists() and label_path.exists()):
         parser = ConfigParser()
         parser.read_config(BUNDLES["synthesis"] / "configs" / "inference.json")
@@ -215,7 +218,9 @@ def measure(spec: dict) -> dict:
     if mode == "persistent":
         return _persistent(parser, spec)
     if bundle == "synthesis":
-        loaders = [parser.get_parsed_content(k) for k in ("train#dataloader", "train#mri_dataloader")]
+        loaders = [
+            parser.get_parsed_content(k) for k in ("train#dataloader", "train#mri_dataloader")
+        ]
         parser.get_parsed_content("validate#ct_slices")
         parser.get_parsed_content("validate#mri_dataset")
         samples = loaders[0].dataset
@@ -320,8 +325,10 @@ def main() -> None:
         print("RESULT " + json.dumps(measure(json.loads(args.child))), flush=True)
         return
     ints = lambda text: [int(v) for v in text.split(",") if v]  # noqa: E731
-    store_n, memory_n, persistent_n = ints(args.patients), ints(args.memory_patients), ints(
-        args.persistent_patients
+    store_n, memory_n, persistent_n = (
+        ints(args.patients),
+        ints(args.memory_patients),
+        ints(args.persistent_patients),
     )
     work = Path(args.work)
     world = make_world(work, max(store_n + memory_n + persistent_n))
@@ -347,12 +354,16 @@ def main() -> None:
     fits = {}
     for bundle in args.bundles.split(","):
         for mode, label in (("memory", "cold"), ("store", "cold"), ("store", "warm")):
-            chosen = [r for r in rows if (r["bundle"], r["mode"], r["label"]) == (bundle, mode, label)]
+            chosen = [
+                r for r in rows if (r["bundle"], r["mode"], r["label"]) == (bundle, mode, label)
+            ]
             fits[f"{bundle} {mode} {label}"] = {
-                "peak_rss_mb": fit(chosen, "peak_rss_mb"), "build_s": fit(chosen, "build_s")
+                "peak_rss_mb": fit(chosen, "peak_rss_mb"),
+                "build_s": fit(chosen, "build_s"),
             }
     columns = ["bundle", "mode", "label", "n", "samples", "build_s", "first_batch_s",
-               "peak_rss_mb", "peak_rss_children_mb", "load_ms", "data_ms_w0", "data_ms_w2"]  # fmt: skip
+               "peak_rss_mb", "peak_rss_children_mb", "load_ms", "data_ms_w0",
+               "data_ms_w2"]  # fmt: skip
     print(" | ".join(columns))
     for row in rows:
         print(" | ".join(str(row.get(c, "")) for c in columns))

@@ -65,19 +65,23 @@ SAME = {
     "coarse_to_fine_inferer#coarse_checkpoint": None,
     "coarse_to_fine_inferer#coarse_roi_size": None,
 }
+WIDE = {"coarse_margin": 0.5, "coarse_slice_margin": 2, "coarse_threshold": 0.2}
 DICE_CONFIGS: list[dict[str, Any]] = [
     {"name": "sliding", "overrides": {"whole_scan_mode": "sliding"}},
     {"name": "same network, x4", "proposer": None, "overrides": {**SAME, "coarse_factor": 4.0}},
     {"name": "same network, x4, threshold 0.2", "proposer": None,
      "overrides": {**SAME, "coarse_factor": 4.0, "coarse_threshold": 0.2}},
-    {"name": "same network, x2, threshold 0.2", "proposer": None,
-     "overrides": {**SAME, "coarse_factor": 2.0, "coarse_threshold": 0.2}},
     {"name": "3-mm proposer (x2)", "proposer": 192.0, "overrides": {}},
-    {"name": "3-mm proposer (x2), threshold 0.2", "proposer": 192.0,
-     "overrides": {"coarse_threshold": 0.2}},
+    {"name": "3-mm proposer (x2), wide", "proposer": 192.0, "overrides": WIDE},
     {"name": "6-mm proposer (x4)", "proposer": 384.0, "overrides": {}},
-    {"name": "6-mm proposer (x4), threshold 0.2", "proposer": 384.0,
-     "overrides": {"coarse_threshold": 0.2}},
+    {"name": "6-mm proposer (x4), margin 0.5, 2 slices", "proposer": 384.0,
+     "overrides": {"coarse_margin": 0.5, "coarse_slice_margin": 2}},
+    {"name": "6-mm proposer (x4), wide", "proposer": 384.0, "overrides": WIDE},
+]  # fmt: skip
+TIME_CONFIGS: list[dict[str, Any]] = [
+    {"name": "sliding", "overrides": {"whole_scan_mode": "sliding"}},
+    {"name": "coarse_to_fine", "overrides": {"whole_scan_mode": "coarse_to_fine"}},
+    {"name": "coarse_to_fine, wide", "overrides": {"whole_scan_mode": "coarse_to_fine", **WIDE}},
 ]  # fmt: skip
 
 
@@ -197,15 +201,18 @@ def time_part(args: argparse.Namespace, tmp: Path) -> dict:
     ckpt = tmp / "paper_random.pt"
     write_checkpoint({"configs": ["inference.json"], "overrides": {}}, BUNDLE, ckpt)
     rows = []
-    for mode, datalist, warmup in (("sliding", images[:1], 0),
-                                   ("coarse_to_fine", [str(warm), *images], 1)):  # fmt: skip
-        print(f"  time: paper-size network, {mode}, {len(datalist)} volume(s) ...", flush=True)
-        overrides = {"whole_scan_mode": mode, "coarse_ckpt_path": str(proposer)}
-        spec = spec_for(["inference.json"], overrides, datalist, ckpt, tmp / f"time_{mode}")
-        result = run_spec(spec, f"time {mode}", args.retries, warmup)
+    for index, config in enumerate(TIME_CONFIGS):
+        sliding = config["name"] == "sliding"  # over a minute a volume: one, no warm-up
+        datalist, warmup = (images[:1], 0) if sliding else ([str(warm), *images], 1)
+        name = config["name"]
+        print(f"  time: paper-size network, {name}, {len(datalist)} volume(s) ...", flush=True)
+        overrides = {**config["overrides"], "coarse_ckpt_path": str(proposer)}
+        spec = spec_for(["inference.json"], overrides, datalist, ckpt, tmp / f"time_{index}")
+        result = run_spec(spec, f"time {name}", args.retries, warmup)
         timed = result["copies"][warmup:]
         rows.append({
-            "mode": mode, "volumes": [case_name(p) for p in datalist[warmup:]],
+            "mode": name, "overrides": config["overrides"],
+            "volumes": [case_name(p) for p in datalist[warmup:]],
             "s_per_volume": result["s_per_volume"], "s_timed": [c["s"] for c in timed],
             "contended": result["contended"], "attempts": result["attempts"],
             "windows_per_volume": windows(result, timed),

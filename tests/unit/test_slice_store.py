@@ -57,7 +57,10 @@ def write_cases(folder: Path, n: int = 5, seed: int = 0) -> list[dict]:
 
 def volume_transform(flag: Path | None = None) -> Compose:
     set_determinism(0)
-    head = [LoadImaged(["image", "label"], image_only=True), EnsureChannelFirstd(["image", "label"])]
+    head = [
+        LoadImaged(["image", "label"], image_only=True),
+        EnsureChannelFirstd(["image", "label"]),
+    ]
     if flag is not None:
         head.append(FailOnce(flag, "c3"))
     return Compose([
@@ -100,7 +103,9 @@ def test_store_is_compact_and_lossless(tmp_path: Path) -> None:
     assert blobs["label_bg_indices"].stored == np.dtype(np.int32).str
     assert blobs["image"].stored == np.dtype(np.float32).str  # real values: kept as they are
     sample = store[0]
-    assert sample["label"].dtype == torch.float32 and sample["label_bg_indices"].dtype == torch.int64
+    assert (
+        sample["label"].dtype == torch.float32 and sample["label_bg_indices"].dtype == torch.int64
+    )
 
 
 def test_store_is_reused_and_invalidated_by_content(tmp_path: Path) -> None:

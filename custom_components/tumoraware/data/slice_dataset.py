@@ -73,7 +73,7 @@ class SliceCacheDataset(Dataset):
         cache_workers: int | None = None,
     ) -> None:
         self.track_meta = track_meta
-        if cache_dir:
+        if cache_dir and str(cache_dir).strip().lower() not in ("none", "null"):  # CLI strings
             store = SliceStore(data, volume_transform, cache_dir, cache_workers, progress)
             super().__init__(data=store, transform=transform)
             return
