@@ -2,9 +2,14 @@
 
 The segmentation bundle is trained for a few iterations (test profile, labelled MRI only) on
 the session's tiny phantom world and exported with ``tumoraware export_zoo``; MONAI Label runs
-in its own environment (built once under ``~/.cache/tumoraware``, ~2.5 min cold; reused after),
+in its own environment (built once under ``~/.cache/tumoraware``, minutes cold; reused after),
 with the stock ``monaibundle`` app, on a studies folder of phantom MRI (labels for the training
 patients in ``labels/final``). The server is stopped by its PID (process group) whatever happens.
+
+Every test runs twice, once per environment recipe: ``monai15`` (MONAI 1.5.2 pinned) and
+``monai16`` (``pip install monailabel==0.8.5`` as users install it, so MONAI 1.6.x, whose
+``Spacingd`` broke ``/infer`` until the bundle used ``SafeSpacingd``). One server at a time: pytest
+stops the first recipe's server before it starts the second's.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import pytest
 import torch
 
 from tumoraware.data.manifest import load_split
-from tumoraware.label_server import check_model_listed, free_port, start_label_server
+from tumoraware.label_server import RECIPES, check_model_listed, free_port, start_label_server
 
 from ..conftest import REPO_ROOT
 from ..integration.bundle_runner import run_bundle
@@ -74,13 +79,15 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def server(exported, studies, tmp_path_factory):
-    """The running server and its ``/info/``; stopped by PID on the way out, also on failure."""
-    tmp = tmp_path_factory.mktemp("monailabel_app")
+@pytest.fixture(scope="module", params=sorted(RECIPES))
+def server(request, exported, studies, tmp_path_factory):
+    """The running server of one environment recipe and its ``/info/``; stopped by PID on the
+    way out, also on failure. Each recipe gets its own app (so its own copy of the bundle)."""
+    tmp = tmp_path_factory.mktemp(f"monailabel_app_{request.param}")
     label_server, name = start_label_server(
         exported, studies, tmp / "app", port=free_port(), log_file=tmp / "server.log",
         env_vars={"OMP_NUM_THREADS": "1"},  # 2 cores: never oversubscribe (reference README)
+        recipe=request.param,
     )  # fmt: skip
     with label_server:
         pgid = label_server.process.pid
@@ -90,6 +97,14 @@ def server(exported, studies, tmp_path_factory):
     if alive:  # never leave a server behind, then fail
         os.killpg(pgid, signal.SIGKILL)
     assert not alive, "the server's process group outlived stop()"
+
+
+def test_the_server_runs_the_monai_its_recipe_names(server, request):
+    label_server, _, _ = server
+    recipe = RECIPES[request.node.callspec.params["server"]]
+    _, _, monai_version, monailabel_version = label_server.env.versions.split()
+    assert monai_version.startswith(recipe.monai_series), label_server.env.versions
+    assert monailabel_version == "0.8.5"
 
 
 def test_info_lists_the_bundle_as_a_2d_tumour_segmentation(server):

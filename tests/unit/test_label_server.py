@@ -25,10 +25,13 @@ from tumoraware.label_server import (
 )
 from tumoraware.label_server.env import (
     MONAILABEL_VERSION,
+    RECIPES,
     STAMP_NAME,
     _steps,
     env_key,
+    monailabel_version,
     read_requirements,
+    smoke_test,
 )
 from tumoraware.label_server.serve import exposure_warning
 
@@ -112,12 +115,28 @@ def test_the_pins_come_from_the_shipped_requirements_file():
         read_requirements("# step: a\nx==1\n# pip: --no-deps\n")
 
 
-def test_a_stamped_environment_is_reused_without_installing(tmp_path):
-    root = tmp_path / env_key()
+def test_the_monai16_recipe_installs_monai_label_as_users_do(tmp_path):
+    steps = _steps("monai16")
+    assert steps[0] == _steps()[0], "one torch pair for both environments"
+    assert steps[1][1] == [f"monailabel=={MONAILABEL_VERSION}"]  # with its dependencies
+    pinned_monai = [a for _, args in steps for a in args if a.split("[")[0].startswith("monai=")]
+    assert not pinned_monai and monailabel_version("monai16") == MONAILABEL_VERSION
+    assert env_key(recipe="monai16").startswith(f"monailabel-{MONAILABEL_VERSION}-monai16-py")
+    assert env_key().startswith(f"monailabel-{MONAILABEL_VERSION}-py")  # the old name: reused
+    plain = smoke_test("monai16")  # pip's pydicom, whatever it is: as users get it
+    assert "startswith('1.6.')" in plain and "pydicom.__version__" not in plain
+    assert "startswith('1.5.')" in smoke_test() and "pydicom.__version__" in smoke_test()
+    with pytest.raises(ValueError, match="expected one of monai15, monai16"):
+        ensure_label_env(tmp_path, verbose=False, recipe="monai17")
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_a_stamped_environment_is_reused_without_installing(tmp_path, recipe):
+    root = tmp_path / env_key(recipe=recipe)
     write_json_atomic(root / STAMP_NAME, {"versions": "2.14.1 0.29.1 1.5.2 0.8.5"})
     (root / "bin").mkdir()
     (root / "bin" / "python").symlink_to(sys.executable)
-    env = ensure_label_env(tmp_path, verbose=False)
+    env = ensure_label_env(tmp_path, verbose=False, recipe=recipe)
     assert env.root == root and env.versions == "2.14.1 0.29.1 1.5.2 0.8.5"
     assert "PYTHONPATH" not in env.run_env() and env.run_env()["PATH"].startswith(str(root))
 

@@ -13,7 +13,19 @@ import pytest
 import torch
 
 from tumoraware.export.archive import read_large_files, sha256_of, write_large_files, write_zip
-from tumoraware.export.export import ExportError, _override_list, _state_dict, bake_overrides
+from tumoraware.export.data_dir import (
+    EXPORTED_DATASET_DIR,
+    data_readme,
+    dataset_dir_leaves_bundle,
+    localise_dataset_dir,
+)
+from tumoraware.export.export import (
+    ExportError,
+    _override_list,
+    _state_dict,
+    bake_overrides,
+    exported_metadata,
+)
 from tumoraware.export.vendor import (
     SourceTree,
     VendorError,
@@ -23,6 +35,7 @@ from tumoraware.export.vendor import (
     vendor_configs,
     write_vendored,
 )
+from tumoraware.export.verify import _self_contained
 from tumoraware.export.zoo_docs import (
     Provenance,
     eval_metrics,
@@ -31,6 +44,7 @@ from tumoraware.export.zoo_docs import (
     render_readme,
     stage_overrides,
 )
+from tumoraware.label_server.env import MONAILABEL_VERSION
 from tumoraware.pipeline.layout import (
     MARKER,
     TRAIN,
@@ -72,6 +86,7 @@ def test_segmentation_vendoring_copies_only_what_its_configs_need(tmp_path):
     rewritten, plan = vendor_configs(_configs(SEGMENTATION))
     assert "tumoraware.transforms.intensity" in plan.modules
     assert "tumoraware.metrics.hausdorff_mm" in plan.modules
+    assert "tumoraware.transforms.spacing" in plan.modules  # SafeSpacingd, found by its _target_
     unwanted = ("networks", "data.phantoms", "pipeline", "data.prepare", "losses", "cli")
     assert not [m for m in plan.modules if any(m.startswith(f"tumoraware.{u}") for u in unwanted)]
     target = rewritten["inference.json"]["preprocessing"]["transforms"][3]["_target_"]
@@ -141,6 +156,47 @@ def test_overrides_are_merged_where_the_ids_exist():
     assert configs["train.json"]["max_epochs"] == 100, "the source configs are not modified"
     with pytest.raises(ExportError, match="id 'nope' is in none of"):
         bake_overrides(configs, {"bad": {"nope": 1}})
+
+
+def test_the_export_reads_data_from_inside_itself_and_names_monai_label(tmp_path):
+    from monai.bundle import ConfigParser
+
+    configs = _configs(SEGMENTATION)
+    local, changed = localise_dataset_dir(configs)
+    assert sorted(changed) == ["inference.json", "train.json"]
+    assert dataset_dir_leaves_bundle(configs["train.json"]["dataset_dir"]), "source: ../../"
+    assert configs["train.json"]["dataset_dir"] != EXPORTED_DATASET_DIR, "source unchanged"
+    bundle = tmp_path / "dist" / SEGMENTATION.name
+    for name in changed:
+        assert not dataset_dir_leaves_bundle(local[name]["dataset_dir"])
+        parser = ConfigParser({k: v for k, v in local[name].items() if k != "imports"})
+        parser["bundle_root"] = str(bundle)
+        data = Path(parser.get_parsed_content("dataset_dir")).resolve()
+        assert data == (bundle / "data_manifests").resolve()
+        assert Path(parser.get_parsed_content("mri_manifest")).resolve().is_relative_to(data)
+    assert dataset_dir_leaves_bundle("/data/manifests") and dataset_dir_leaves_bundle(None)
+
+    rewritten, _ = vendor_configs(local)  # vendoring leaves dataset_dir alone
+    assert rewritten["inference.json"]["dataset_dir"] == EXPORTED_DATASET_DIR
+    readme = data_readme(SEGMENTATION.name, rewritten)
+    row = "| `mri_manifest` | `phantoms.json` | `--mri_manifest /path/to/phantoms.json` |"
+    assert row in readme
+    assert "`labelled_split` = `mri_week1`" in readme and "`infer_split` = `mri_test`" in readme
+
+    # verify_zoo refuses an export whose dataset_dir leaves it
+    (bundle / "configs").mkdir(parents=True)
+    source_dir = configs["inference.json"]["dataset_dir"]
+    outside = {**rewritten["inference.json"], "dataset_dir": source_dir}
+    (bundle / "configs" / "inference.json").write_text(json.dumps(outside))
+    with pytest.raises(ValueError, match=r"dataset_dir .* may leave the bundle"):
+        _self_contained(bundle, {})
+    (bundle / "configs" / "inference.json").write_text(json.dumps(rewritten["inference.json"]))
+    assert "dataset_dir inside the bundle" in _self_contained(bundle, {})
+
+    # MONAI Label in supported_apps, as Model Zoo bundles name their apps, kept by the export
+    source = json.loads((SEGMENTATION / "configs" / "metadata.json").read_text())
+    meta = exported_metadata(source, {"nibabel": "5.4.2"}, {}, {})
+    assert meta["supported_apps"] == {"monai-label": MONAILABEL_VERSION}
 
 
 def test_weights_from_a_ddp_wrapper_lose_their_prefix(tmp_path):

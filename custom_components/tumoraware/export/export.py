@@ -8,8 +8,9 @@ whatever was merged; ``metadata.json`` without the ``tumoraware`` requirement bu
 packages the vendored code imports, the working spatial shape and the achieved scores;
 ``models/model.pt`` (state_dict of ``network_def``), ``models/model.ts`` made by
 ``python -m monai.bundle ckpt_export`` and ``models/model.onnx`` when ``onnx`` is installed;
-``docs/README.md`` in the Model Zoo layout (:mod:`.zoo_docs`); ``large_files.yml``; and
-``dist/NAME.zip`` (deterministic, :mod:`.archive`).
+``docs/README.md`` in the Model Zoo layout (:mod:`.zoo_docs`); ``large_files.yml``;
+``dataset_dir`` pointed at the bundle's own ``data_manifests/`` with a README saying what to put
+there (:mod:`.data_dir`); and ``dist/NAME.zip`` (deterministic, :mod:`.archive`).
 
 Everything is built in a hidden folder under ``out_dir`` and renamed into place at the end, so a
 failed export never leaves a half-written ``dist/NAME``. ``ckpt_export`` runs in a subprocess
@@ -32,6 +33,12 @@ from typing import Any
 from tumoraware import __version__
 from tumoraware.atomic import save_torch_atomic
 from tumoraware.export.archive import write_large_files, write_zip
+from tumoraware.export.data_dir import (
+    DATA_FOLDER,
+    SOURCE_DATA_PATH,
+    data_readme,
+    localise_dataset_dir,
+)
 from tumoraware.export.isolated import run_isolated
 from tumoraware.export.vendor import (
     BASE_PACKAGES,
@@ -66,8 +73,9 @@ __all__ = [
 # its own default sources (e.g. synthetic MRI only when a synthetic manifest exists).
 _DATA_RECIPES = ("configs/variants/",)
 _DEMO_REPORT = StudyLayout(DEMO_STUDY).report
-# Folders of a source bundle that hold run outputs, not bundle content.
-_SKIPPED = {"runs", "eval", "models", "__pycache__", ".ipynb_checkpoints"}
+# Folders of a source bundle that hold run outputs, not bundle content (and local datalists,
+# which name this machine's files: the export writes its own data_manifests/ README).
+_SKIPPED = {"runs", "eval", "models", "__pycache__", ".ipynb_checkpoints", DATA_FOLDER}
 
 
 class ExportError(ValueError):
@@ -418,6 +426,7 @@ def export_bundle(
     baked_configs, baked, paper = bake_overrides(configs, override_content)
     if paper and "profiles/paper.json" not in baked_configs:
         baked_configs["profiles/paper.json"] = paper
+    baked_configs, _ = localise_dataset_dir(baked_configs)  # the data folder of the export
 
     state, changed = _state_dict(weights, key)
     hint = (
@@ -449,6 +458,8 @@ def export_bundle(
         _copy_bundle_files(bundle, stage)
         for rel, content in rewritten.items():
             _write_json(stage / "configs" / rel, content)
+        (stage / DATA_FOLDER).mkdir(exist_ok=True)
+        (stage / DATA_FOLDER / "README.md").write_text(data_readme(name, rewritten))
         vendored = write_vendored(plan, stage / "scripts", __version__)
         imports = third_party_imports(p for p in vendored if p.suffix == ".py")
         meta = exported_metadata(
@@ -482,7 +493,9 @@ def export_bundle(
             )  # fmt: skip
             onnx_status = "written (dynamic batch and spatial axes)"
 
+        # the source docs name the repository's manifests; the export has its own folder
         readme = (bundle / "docs" / "README.md").read_text()
+        readme = readme.replace(SOURCE_DATA_PATH, f"{DATA_FOLDER}/")
         manifest_ids = [i for i in ("ct_manifest", "mri_manifest")
                         if i in baked_configs["inference.json"]]  # fmt: skip
         docs = render_readme(readme, meta, name, kind, study, provenance, report, baked,

@@ -4,7 +4,8 @@ Mirrors ``ci/verify_bundle.py`` of Project-MONAI/model-zoo (required files, vers
 changelog, metadata against the 20240725 schema, ``verify_net_in_out``, ``ckpt_export`` +
 ``torch.jit.load``) and adds what a self-contained export must also prove:
 
-- nothing references the top-level ``tumoraware`` (configs, vendored code, requirements);
+- nothing references the top-level ``tumoraware`` (configs, vendored code, requirements), and
+  no config's ``dataset_dir`` leaves the bundle;
 - every package the vendored code imports is listed in ``metadata.json``;
 - ``ConfigWorkflow`` finds the train and inference properties;
 - ``models/model.ts`` computes what ``models/model.pt`` computes; ``large_files.yml`` hashes and
@@ -36,6 +37,7 @@ from tumoraware.export.archive import (
     read_large_files,
     sha256_of,
 )
+from tumoraware.export.data_dir import DATASET_DIR_ID, dataset_dir_leaves_bundle
 from tumoraware.export.isolated import run_isolated
 from tumoraware.export.vendor import (
     BASE_PACKAGES,
@@ -127,6 +129,9 @@ def _self_contained(bundle: Path, meta: dict) -> str:
     for name, config in _configs(bundle).items():
         if name != "metadata.json":
             problems += [f"configs/{name}: {ref}" for ref in config_references(config)]
+        where = config.get(DATASET_DIR_ID) if isinstance(config, dict) else None
+        if where is not None and dataset_dir_leaves_bundle(where):
+            problems.append(f"configs/{name}: {DATASET_DIR_ID} {where!r} may leave the bundle")
     for path in sorted((bundle / "scripts").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
@@ -140,7 +145,7 @@ def _self_contained(bundle: Path, meta: dict) -> str:
         problems.append(f"metadata.json requires the {PACKAGE} package")
     if problems:
         raise ValueError("; ".join(problems[:8]))
-    return f"no reference to the {PACKAGE} package"
+    return f"no reference to the {PACKAGE} package; {DATASET_DIR_ID} inside the bundle"
 
 
 def _packages(bundle: Path, meta: dict) -> str:

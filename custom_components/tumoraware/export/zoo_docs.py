@@ -331,8 +331,9 @@ def _commands(name: str, manifest_ids: Sequence[str]) -> list[str]:
         "commands from this folder (Python puts it on `sys.path`), or set "
         f"`PYTHONPATH=/path/to/{name}` when running from elsewhere.",
         "",
-        "The default manifests (`dataset_dir` = `bundle_root/../../data_manifests`) lie outside "
-        "the bundle: pass your own, e.g.",
+        "The configs read their manifests from this bundle's own `data_manifests/` "
+        "(`dataset_dir`; none ships, its README lists the file names): put yours there, or "
+        "pass them, e.g.",
         "",
         "```bash",
         f"python -m monai.bundle run --config_file configs/inference.json {example}".rstrip(),

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from tumoraware.label_server.app import check_bundle, install_bundle, prepare_app
-from tumoraware.label_server.env import LabelEnv, default_cache_dir, ensure_label_env
+from tumoraware.label_server.env import (
+    DEFAULT_RECIPE,
+    LabelEnv,
+    default_cache_dir,
+    ensure_label_env,
+    recipe_named,
+)
 from tumoraware.label_server.server import LabelServer, LabelServerError
 
 __all__ = ["check_model_listed", "exposure_warning", "serve", "start_label_server"]
@@ -38,11 +44,14 @@ def start_label_server(
     cache_dir: str | os.PathLike | None = None,
     log_file: str | os.PathLike | None = None,
     env_vars: dict[str, str] | None = None,
+    recipe: str = DEFAULT_RECIPE,
 ) -> tuple[LabelServer, str]:
-    """Prepare environment, app and bundle, and return the (not yet started) server and the
-    model name. Use the server as a context manager so it is always stopped."""
-    name = check_bundle(bundle)  # fail on a wrong bundle before minutes of installing
-    env: LabelEnv = ensure_label_env(cache_dir)
+    """Prepare environment (``recipe``: see :data:`~tumoraware.label_server.env.RECIPES`), app
+    and bundle, and return the (not yet started) server and the model name. Use the server as a
+    context manager so it is always stopped."""
+    recipe_named(recipe)  # fail on a wrong name, and
+    name = check_bundle(bundle)  # on a wrong bundle, before minutes of installing
+    env: LabelEnv = ensure_label_env(cache_dir, recipe=recipe)
     app = prepare_app(env, app_dir)
     install_bundle(app, bundle)
     Path(studies).mkdir(parents=True, exist_ok=True)
@@ -77,18 +86,20 @@ def serve(
     app_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     ready_timeout_s: float = 300.0,
+    recipe: str = DEFAULT_RECIPE,
 ) -> None:
     """Run MONAI Label with ``bundle`` on ``studies`` in the foreground until Ctrl-C.
 
     The app defaults to ``<cache>/apps/monaibundle``; the bundle is copied to
-    ``<app>/model/<name>`` (weights trained through MONAI Label are saved there).
+    ``<app>/model/<name>`` (weights trained through MONAI Label are saved there). ``recipe``
+    picks the MONAI Label environment (``monai15``, the default, or ``monai16``).
     """
     warning = exposure_warning(host)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     app = Path(app_dir) if app_dir else cache / "apps" / "monaibundle"
-    server, name = start_label_server(bundle, studies, app, port, host, cache_dir)
+    server, name = start_label_server(bundle, studies, app, port, host, cache_dir, recipe=recipe)
     print(f"monailabel: app {app}, bundle {app / 'model' / name}, studies {server.studies}")
     print(f"monailabel: {shlex.join(server.command())}", flush=True)
     try:

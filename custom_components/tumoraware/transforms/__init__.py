@@ -7,6 +7,7 @@
 - :class:`AppendMaskChanneld`: the masked-CycleGAN input (image + mask as channels).
 - :class:`ValueRangeCheckd`: a check that already-normalised images are finite and in range.
 - :class:`RandBodySquareCropd`: random fixed-size (mm) square crop inside the body of a slice.
+- :class:`SafeSpacingd`: MONAI's ``Spacingd`` that works with MONAI Label's ``image_path`` on 1.6.
 """
 
 from tumoraware.transforms.channels import AppendMaskChanneld
@@ -19,12 +20,14 @@ from tumoraware.transforms.intensity import (
 )
 from tumoraware.transforms.random_crop import RandBodySquareCropd
 from tumoraware.transforms.slices import VolumeToSlicesd
+from tumoraware.transforms.spacing import SafeSpacingd
 
 __all__ = [
     "AppendMaskChanneld",
     "CTWindowd",
     "RandBodySquareCropd",
     "RobustMRINormalized",
+    "SafeSpacingd",
     "TumourRegionCropd",
     "ValueRangeCheckd",
     "VolumeToSlicesd",
