@@ -91,12 +91,16 @@ class PrepareCommands:
 class MonaiLabelCommands:
     """Serve an exported segmentation bundle with MONAI Label 0.8.5 (its own environment)."""
 
-    def setup(self, cache_dir: str | None = None) -> None:
-        """Build (once) the MONAI Label environment under ~/.cache/tumoraware (or CACHE_DIR)."""
+    def setup(self, cache_dir: str | None = None, label_env: str = "monai15") -> None:
+        """Build (once) the MONAI Label environment under ~/.cache/tumoraware (or CACHE_DIR).
+
+        LABEL_ENV: monai15 (MONAI 1.5.2 pinned, the default) or monai16 (`pip install
+        monailabel==0.8.5` as users install it: MONAI 1.6.x).
+        """
         from tumoraware.label_server import ensure_label_env
 
         try:
-            env = ensure_label_env(cache_dir)
+            env = ensure_label_env(cache_dir, recipe=label_env)
         except RuntimeError as error:  # the install log's tail is the message
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
@@ -111,17 +115,20 @@ class MonaiLabelCommands:
         host: str = "127.0.0.1",
         app_dir: str | None = None,
         cache_dir: str | None = None,
+        label_env: str = "monai15",
     ) -> None:
         """Start MONAI Label with BUNDLE (an exported bundle, e.g. dist/NAME) on STUDIES.
 
         Builds the environment on first use (a few minutes), copies the monaibundle app and
         the bundle (into APP_DIR/model/NAME), then runs the server on HOST:PORT (127.0.0.1,
         offline) until Ctrl-C. STUDIES holds NIfTI images; labels go in STUDIES/labels/final.
+        LABEL_ENV: monai15 (MONAI 1.5.2, the default) or monai16 (MONAI 1.6.x, as pip picks it).
         """
         from tumoraware.label_server import serve
 
         try:
-            serve(bundle, studies, port=port, host=host, app_dir=app_dir, cache_dir=cache_dir)
+            serve(bundle, studies, port=port, host=host, app_dir=app_dir, cache_dir=cache_dir,
+                  recipe=label_env)  # fmt: skip
         except RuntimeError as error:  # install or server failures quote their logs
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
@@ -239,6 +246,7 @@ class TumourAwareCLI:
         out_dir: str = "runs/reproduce",
         bundles_dir: str | None = None,
         workers: int = 1,
+        tracking: str | None = None,
     ) -> None:
         """Run the paper's Table-1 study through both bundles and write the report.
 
@@ -259,8 +267,14 @@ class TumourAwareCLI:
             workers: stages run at once where their inputs allow, each with cores / workers
                 threads (on a small CPU one training leaves cores idle, so 2 overlap the
                 stages; keep 1 on one GPU).
+            tracking: ``mlflow``: the whole study in one MLflow experiment (SQLite in OUT_DIR):
+                every training and evaluation stage a run tagged with its seed and method, and
+                a run ``table1`` with Table 1 and the report.
         """
         from tumoraware.pipeline import run_study
+        from tumoraware.pipeline.tracking import check_tracking
+
+        tracking = check_tracking(tracking)
 
         if isinstance(seeds, str):
             seeds = tuple(int(s) for s in seeds.split(",") if s.strip())
@@ -270,7 +284,7 @@ class TumourAwareCLI:
         _check_data(ct_manifest, mri_manifest)
         run_study(out_dir, ct_manifest, mri_manifest, seed_list,
                   None if profile == "paper" else profile, bundles_dir,
-                  workers=workers)  # fmt: skip
+                  workers=workers, tracking=tracking)  # fmt: skip
 
     def demo(
         self,
@@ -282,6 +296,7 @@ class TumourAwareCLI:
         world: str = "demo",
         manifest: str = "data_manifests/phantoms.json",
         workers: int = 2,
+        tracking: str | None = None,
     ) -> None:
         """The paper end to end on the embedded phantom world (2-core CPU, ``demo`` profile).
 
@@ -300,11 +315,15 @@ class TumourAwareCLI:
             manifest: where the phantom world's datalist is (or is written).
             workers: stages run at once (each with cores / workers threads); 2 keeps both
                 cores of a 2-core CPU busy, 1 runs them one after another.
+            tracking: ``mlflow``: the study in one MLflow experiment (see ``reproduce``).
         """
+        from tumoraware.pipeline.tracking import check_tracking
+
+        check_tracking(tracking)  # before the phantoms: a bad flag writes nothing
         self.phantoms(out_dir=data_dir, seed=world_seed, profile=world, manifest=manifest,
                       preview=True)  # fmt: skip
         self.reproduce(manifest, manifest, profile=profile, seeds=seeds, out_dir=out_dir,
-                       workers=workers)  # fmt: skip
+                       workers=workers, tracking=tracking)  # fmt: skip
 
     def export_zoo(
         self,

@@ -22,11 +22,17 @@ from pathlib import Path
 
 import pytest
 
-from tumoraware.pipeline.study import EVAL_SPLITS, METHODS, PRESERVATION_SPLITS, REAL_MRI
+from tumoraware.pipeline.study import (
+    EVAL_SPLITS,
+    METHODS,
+    PRESERVATION_SPLITS,
+    REAL_MRI,
+    WHOLE_SPLITS,
+)
 
 pytestmark = pytest.mark.slow
 N_PRESERVATION = 3 * len(PRESERVATION_SPLITS) + 1  # the tiny world has a ct_test split
-N_STAGES = 3 * 3 + len(METHODS) * 3 + N_PRESERVATION
+N_STAGES = 3 * 3 + len(METHODS) * (3 + len(WHOLE_SPLITS)) + N_PRESERVATION
 FIRST_STAGES = ["cyclegan/train", "cyclegan/evaluate"]
 
 
@@ -36,8 +42,9 @@ def demo_args(root: Path) -> list[str]:
             "--out_dir", str(root / "study")]  # fmt: skip
 
 
-def demo(root: Path) -> str:
-    result = subprocess.run(demo_args(root), capture_output=True, text=True, timeout=1200)
+def demo(root: Path, *extra: str) -> str:
+    result = subprocess.run([*demo_args(root), *extra], capture_output=True, text=True,
+                            timeout=1200)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -62,7 +69,7 @@ def killed_demo(root: Path, timeout_s: float = 600.0) -> None:
 def study(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("demo")
     killed_demo(root)
-    resumed = demo(root)
+    resumed = demo(root, "--tracking", "mlflow")  # tracking changes no stage's hash
     return {"root": root, "out": root / "study", "log": resumed}
 
 
@@ -84,6 +91,13 @@ def test_every_artefact_exists_and_every_number_is_in_range(study):
             assert 0.0 <= dice["mean"] <= 1.0 and dice["std"] >= 0.0
             hd = row[f"{split}/val_hd95"]
             assert math.isnan(hd["mean"]) or hd["mean"] >= 0.0
+        for split in WHOLE_SPLITS:  # whole volumes, no expert position: Dice, HD95, detection
+            assert 0.0 <= row[f"whole_{split}/val_mean_dice"]["mean"] <= 1.0
+            assert 0.0 <= row[f"whole_{split}/detected"]["mean"] <= 1.0
+            assert (
+                out / f"seed0/segmentation/{row['method']}/whole_{split}/preservation.json"
+            ).is_file()
+    assert "Test whole DSC" in (out / "report.md").read_text()
     assert set(report["tumour_kl"]) == {"tumour_aware", "cyclegan", "masked_cyclegan"}
     assert all(math.isfinite(v["mean"]) and v["mean"] >= 0 for v in report["tumour_kl"].values())
     assert len(report["stages"]) == N_STAGES and all(s["wall_s"] > 0 for s in report["stages"])
@@ -115,3 +129,26 @@ def test_a_second_run_skips_everything(study):
     rows = [line for line in markdown.splitlines() if line.startswith("| seed0/")]
     assert len(rows) == N_STAGES  # two cells each, the note inside one, or Markdown drops it
     assert all(row.endswith(" (earlier run) |") and row.count("|") == 3 for row in rows)
+
+
+def test_tracking_puts_the_study_in_one_mlflow_experiment(study):
+    """The resumed run tracked every stage it ran: each training and evaluation a run tagged
+    with its seed, method and step, with its losses or metrics; and a ``table1`` run."""
+    mlflow = pytest.importorskip("mlflow", reason="the `tracking` extra is not installed")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{study['out'] / 'mlruns.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "tumoraware_study"]
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    for method in METHODS:
+        train = runs[f"seed0/segmentation/{method.key}/train"]
+        assert train.data.tags["method"] == method.key and train.data.tags["seed"] == "0"
+        assert train.data.tags["step"] == "train" and "train_loss" in train.data.metrics
+        for split in EVAL_SPLITS:
+            evaluation = runs[f"seed0/segmentation/{method.key}/eval_{split}"]
+            assert evaluation.data.tags["split"] == split
+            assert 0.0 <= evaluation.data.metrics["val_mean_dice"] <= 1.0
+    table = runs["table1"]
+    report = json.loads((study["out"] / "report.json").read_text())
+    row = report["rows"][0]
+    logged = table.data.metrics[f"{row['method']}__mri_test__val_mean_dice"]
+    assert logged == pytest.approx(row["mri_test/val_mean_dice"]["mean"])
+    assert "infer" not in {r.data.tags.get("step") for r in runs.values()}

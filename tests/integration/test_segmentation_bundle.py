@@ -187,6 +187,22 @@ def test_inference_of_a_corrupt_file_names_it(tmp_path, trained):
     assert result.returncode != 0 and "broken.nii.gz" in result.stdout + result.stderr
 
 
+def test_tracking_mlflow_logs_loss_and_validation_metrics(tmp_path, data):
+    """``--tracking mlflow`` (MONAI's standard settings) records every iteration's loss and the
+    validation Dice and HD95 of every validation in one run."""
+    mlflow = pytest.importorskip("mlflow", reason="the `tracking` extra is not installed")
+    _train(tmp_path, data, "semi_supervised", val_interval=1, tracking="mlflow")
+    store = tmp_path / "runs" / "mlruns.db"  # MONAI's default: SQLite under output_dir
+    assert store.exists()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {"train_loss", "val_mean_dice", "val_hd95"} <= set(run.data.metrics)
+    steps = TEST_PROFILE["max_epochs"] * TEST_PROFILE["epoch_length"]
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == steps
+    dice = client.get_metric_history(run.info.run_id, "val_mean_dice")
+    assert len(dice) == TEST_PROFILE["max_epochs"] and all(0.0 <= m.value <= 1.0 for m in dice)
+
+
 def test_training_is_deterministic_when_seeded(tmp_path, data):
     weights = []
     for run in ("a", "b"):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from tumoraware.pipeline.layout import (
+    EVALUATE_WHOLE,
     PRESERVATION,
     PRESERVE,
     SEGMENTATION,
@@ -19,6 +20,7 @@ from tumoraware.pipeline.study import (
     METHODS,
     READER,
     SYNTHESIS_MODELS,
+    WHOLE_SPLITS,
     preservation_name,
     study_stages,
 )
@@ -84,3 +86,22 @@ def test_every_stage_runs_in_its_layout_folder(tmp_path):
             assert stage.overrides["ckpt_dir"] == layout.models(1, kind, method)
         assert folder == expected, stage.name
         assert all(a in {s.name for s in stages} for a in stage.after)
+
+
+def test_every_method_is_also_evaluated_on_whole_volumes(tmp_path):
+    """One whole-volume stage per method and split: inference.json + evaluate_whole.json with
+    that method's own trained weights, after its training."""
+    manifest = _manifest(tmp_path / "m.json", with_ct_test=True)
+    out = tmp_path / "out"
+    stages = {s.name: s for s in study_stages(default_bundles_dir(), out, manifest, manifest, 0,
+                                              "demo")}  # fmt: skip
+    layout = StudyLayout(out)
+    for method in METHODS:
+        for split in WHOLE_SPLITS:
+            address = StageAddress(0, SEGMENTATION, method.key, EVALUATE_WHOLE, split)
+            stage = stages[address.name]
+            assert address.name.endswith(f"/whole_{split}")
+            assert stage.configs[:2] == ["configs/inference.json", "configs/evaluate_whole.json"]
+            assert stage.overrides["ckpt_path"] == layout.weights(0, SEGMENTATION, method.key)
+            assert stage.overrides["eval_split"] == split
+            assert stage.after == [StageAddress(0, SEGMENTATION, method.key, TRAIN).name]

@@ -34,6 +34,7 @@ from tumoraware.atomic import write_json_atomic
 __all__ = [
     "DEMO_STUDY",
     "EVALUATE",
+    "EVALUATE_WHOLE",
     "INFER",
     "INTERRUPTED_LOG",
     "KINDS",
@@ -62,9 +63,11 @@ SYNTHESIS, SEGMENTATION, PRESERVATION = "synthesis", "segmentation", "preservati
 KINDS = (SYNTHESIS, SEGMENTATION, PRESERVATION)
 """What a stage belongs to: a synthesis model, a Table-1 method, or a preservation score."""
 TRAIN, EVALUATE, INFER, PRESERVE = "train", "evaluate", "infer", "preserve"
+EVALUATE_WHOLE = "evaluate_whole"
+"""A segmentation evaluated on whole volumes, no expert position given (``evaluate_whole.json``)."""
 STEPS: dict[str, tuple[str, ...]] = {
     SYNTHESIS: (TRAIN, EVALUATE, INFER),
-    SEGMENTATION: (TRAIN, EVALUATE),
+    SEGMENTATION: (TRAIN, EVALUATE, EVALUATE_WHOLE),
     PRESERVATION: (PRESERVE,),
 }
 """The steps each kind has: a segmentation evaluation and a preservation score have a split."""
@@ -90,6 +93,7 @@ WEIGHTS_FILE = f"{MODELS_DIR}/model.pt"
 """A training stage's trained network (state_dict), relative to the stage folder."""
 _SEED = "seed"
 _EVAL = "eval_"
+_WHOLE = "whole_"
 _EVENTS = "runs"
 
 
@@ -112,7 +116,10 @@ class StageAddress:
                 f"stage address {self}: a {self.kind!r} stage has steps "
                 f"{STEPS.get(self.kind, ())}; kinds are {KINDS}."
             )
-        needs_split = self.step == PRESERVE or (self.kind, self.step) == (SEGMENTATION, EVALUATE)
+        needs_split = self.step in (PRESERVE, EVALUATE_WHOLE) or (self.kind, self.step) == (
+            SEGMENTATION,
+            EVALUATE,
+        )
         if needs_split != bool(self.split):
             raise ValueError(
                 f"stage address {self}: {'needs' if needs_split else 'takes no'} split."
@@ -129,6 +136,8 @@ class StageAddress:
         ``seed0/segmentation/cyclegan/eval_mri_test``."""
         if self.step == PRESERVE:
             leaf = str(self.split)
+        elif self.step == EVALUATE_WHOLE:
+            leaf = f"{_WHOLE}{self.split}"
         elif self.split:
             leaf = f"{_EVAL}{self.split}"
         else:
@@ -201,6 +210,10 @@ class StudyLayout:
         """A Table-1 method's segmentation evaluated on an MRI split."""
         return self.stage_dir(StageAddress(seed, SEGMENTATION, method, EVALUATE, split))
 
+    def whole_evaluation(self, seed: int, method: str, split: str) -> Path:
+        """A Table-1 method's segmentation of whole volumes of an MRI split (no position given)."""
+        return self.stage_dir(StageAddress(seed, SEGMENTATION, method, EVALUATE_WHOLE, split))
+
     def preservation(self, seed: int, model: str, split: str) -> Path:
         """The reader's tumour-preservation score of ``model`` on ``split`` (``real_mri``: the
         reader on real MRI, the ceiling)."""
@@ -236,6 +249,8 @@ class StudyLayout:
             step, split = PRESERVE, leaf
         elif leaf.startswith(_EVAL):
             step, split = EVALUATE, leaf.removeprefix(_EVAL)
+        elif leaf.startswith(_WHOLE):
+            step, split = EVALUATE_WHOLE, leaf.removeprefix(_WHOLE)
         else:
             step, split = leaf, None
         try:

@@ -46,6 +46,7 @@ from tumoraware.pipeline.study import (
     PRESERVATION_SPLITS,
     REAL_MRI,
     SYNTHESIS_MODELS,
+    WHOLE_SPLITS,
     preservation_name,
 )
 
@@ -58,6 +59,10 @@ PAPER_TEST_DSC = 0.80
 _SYMBOLS = {">=": "≥", ">": ">", "<=": "≤", "<": "<"}
 METRICS = (("val_mean_dice", "DSC"), ("val_hd95", "HD95 (mm)"))
 SPLIT_TITLES = {"mri_validation": "Validation", "mri_test": "Test"}
+WHOLE = "whole_"
+"""Prefix of a whole-volume column (``whole_mri_test/val_mean_dice``): no expert position given."""
+DETECTED = "detected"
+"""Share of the label's 3D tumours that a whole-volume mask covers by >= 10 % of their voxels."""
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -82,6 +87,32 @@ def _cell(values: Sequence[float], stds: Sequence[float]) -> tuple[float, float]
 
 def _fmt(mean: float, std: float, digits: int) -> str:
     return "n/a" if not math.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _whole_cells(
+    row: dict[str, Any], layout: StudyLayout, method: str, split: str, seeds: Sequence[int]
+) -> None:
+    """``row``'s whole-volume cells of ``split`` (``whole_<split>/<metric>``): Dice and HD95
+    from the stage's ``summary.json``, the share of tumours detected from its
+    ``preservation.json``; mean over cases per seed, then over seeds."""
+    folders = [layout.whole_evaluation(seed, method, split) for seed in seeds]
+    summaries = [_read(folder / "summary.json") for folder in folders]
+    detections = [_read(folder / "preservation.json")["overall"] for folder in folders]
+    for metric, _ in METRICS:
+        means = [summary["metrics"][metric]["mean"] for summary in summaries]
+        stds = [summary["metrics"][metric]["std"] for summary in summaries]
+        mean, std = _cell(means, stds)
+        row[f"{WHOLE}{split}/{metric}"] = {
+            "mean": mean, "std": std, "per_seed": means,
+            "per_case": {str(seed): _case_values(summary, metric)
+                         for seed, summary in zip(seeds, summaries, strict=True)},
+        }  # fmt: skip
+    rates = [d.get("detection_rate") for d in detections]
+    mean, _ = _cell(rates, [None] * len(rates))
+    row[f"{WHOLE}{split}/{DETECTED}"] = {
+        "mean": mean, "std": float(np.std(rates)) if len(rates) > 1 else math.nan,
+        "per_seed": rates,
+    }  # fmt: skip
 
 
 def build_report(
@@ -114,6 +145,8 @@ def build_report(
                     "per_case": {str(seed): _case_values(summary, metric)
                                  for seed, summary in zip(seeds, summaries, strict=True)},
                 }  # fmt: skip
+        for split in WHOLE_SPLITS:
+            _whole_cells(row, layout, method.key, split, seeds)
         rows.append(row)
     kl = {}
     for model in SYNTHESIS_MODELS:
@@ -388,31 +421,48 @@ def _csv(rows: Sequence[dict[str, Any]]) -> str:
     for split in EVAL_SPLITS:
         for metric, _ in METRICS:
             header += [f"{split}_{metric}_mean", f"{split}_{metric}_std"]
+    whole = [f"{WHOLE}{s}/{m}" for s in WHOLE_SPLITS for m in (*(m for m, _ in METRICS), DETECTED)]
+    for key in whole:
+        header += [f"{key.replace('/', '_')}_mean", f"{key.replace('/', '_')}_std"]
     writer.writerow(header)
     for row in rows:
         line = [row["method"]]
-        for split in EVAL_SPLITS:
-            for metric, _ in METRICS:
-                cell = row[f"{split}/{metric}"]
-                line += [f"{cell['mean']:.6g}", f"{cell['std']:.6g}"]
+        keys = [f"{split}/{metric}" for split in EVAL_SPLITS for metric, _ in METRICS]
+        for key in [*keys, *whole]:
+            cell = row[key]
+            line += [f"{cell['mean']:.6g}", f"{cell['std']:.6g}"]
         writer.writerow(line)
     return buffer.getvalue()
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """Table 1 as markdown: one row per method, DSC and HD95 for validation and test."""
-    head = "| Method | " + " | ".join(
-        f"{SPLIT_TITLES[s]} {label}" for s in EVAL_SPLITS for _, label in METRICS
-    )
-    lines = [head + " |", "|---" * (1 + len(EVAL_SPLITS) * len(METRICS)) + "|"]
+    """Table 1 as markdown: one row per method, DSC and HD95 for validation and test on the
+    tumour regions (the paper's protocol), then DSC, HD95 and tumours detected on whole test
+    volumes (no expert position given; columns marked "whole")."""
+    columns = [
+        (f"{s}/{m}", f"{SPLIT_TITLES[s]} {label}") for s in EVAL_SPLITS for m, label in METRICS
+    ]
+    whole_labels = (*METRICS, (DETECTED, "detected"))
+    columns += [(f"{WHOLE}{s}/{m}", f"{SPLIT_TITLES[s]} whole {label}")
+                for s in WHOLE_SPLITS for m, label in whole_labels]  # fmt: skip
+    head = "| Method | " + " | ".join(label for _, label in columns)
+    lines = [head + " |", "|---" * (1 + len(columns)) + "|"]
     for row in report["rows"]:
-        cells = [
-            _fmt(row[f"{s}/{m}"]["mean"], row[f"{s}/{m}"]["std"], 2 if m == "val_mean_dice" else 1)
-            for s in EVAL_SPLITS
-            for m, _ in METRICS
-        ]
+        cells = []
+        for key, _ in columns:
+            cell = row.get(key)
+            if cell is None:
+                cells.append("n/a")
+            elif key.endswith(DETECTED):
+                cells.append(_percent(cell["mean"]))
+            else:
+                cells.append(_fmt(cell["mean"], cell["std"], 2 if "dice" in key else 1))
         lines.append(f"| {row['title']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _percent(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{100.0 * value:.0f} %"
 
 
 def _ci(ci: dict[str, Any], digits: int = 3) -> str:

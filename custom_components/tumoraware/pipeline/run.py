@@ -29,13 +29,21 @@ def run_study(
     bundles_dir: str | Path | None = None,
     progress: bool = True,
     workers: int = 1,
+    tracking: str | None = None,
 ) -> dict[str, Any]:
     """Run every stage of every seed into ``out_dir`` (skipping unchanged ones, ``workers`` at
     a time), then write ``report.md``, ``report.json`` and ``table1.csv`` there and print
-    Table 1."""
+    Table 1. ``tracking="mlflow"``: the whole study in one MLflow experiment
+    (:mod:`tumoraware.pipeline.tracking`)."""
+    from tumoraware.pipeline import tracking as tracker
+
+    tracking = tracker.check_tracking(tracking)
     out = Path(out_dir).resolve()
     bundles = Path(bundles_dir) if bundles_dir else default_bundles_dir()
     stages = seeds_stages(bundles, out, Path(ct_manifest), Path(mri_manifest), seeds, profile)
+    if tracking:
+        out.mkdir(parents=True, exist_ok=True)
+        stages = tracker.tracked_stages(stages, out)
     start = time.perf_counter()
     results = run_stages(stages, out, workers, progress)
     schedule = {
@@ -45,6 +53,11 @@ def run_study(
         "elapsed_s": round(time.perf_counter() - start, 1),
     }
     report = build_report(out, seeds, results, profile, schedule)
+    if tracking:
+        tracker.tag_runs(out, stages)
+        tracker.log_table(out, report)
+        print(f"tracking: MLflow experiment {tracker.experiment_name(out)} in "
+              f"{tracker.tracking_uri(out)}")  # fmt: skip
     print(format_table(report))
     print(f"report: {out / 'report.md'}")
     return report

@@ -103,6 +103,8 @@ class BundleStage:
         checkpoints: a training's checkpoint folder (its ``ckpt_dir``) relative to the run
             folder, for a bundle whose config has a ``resume`` id; an interrupted run of the
             same hash resumes from there. None: the stage always reruns from scratch.
+        run_args: further ``--key value`` pairs that do not change the stage's result (e.g.
+            ``tracking``, ``run_name``): passed on, left out of its content hash.
     """
 
     name: str
@@ -114,6 +116,7 @@ class BundleStage:
     outputs: Sequence[str] = ()
     address: StageAddress | None = None
     checkpoints: str | None = None
+    run_args: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.address is not None and self.name != self.address.name:
@@ -126,7 +129,7 @@ class BundleStage:
         """The arguments after ``python -m monai.bundle``: ``run --config_file [...] --id v``."""
         files = "[" + ",".join(f"'{c}'" for c in self.configs) + "]"
         args = ["run", "--config_file", files]
-        for key, value in self.overrides.items():
+        for key, value in {**self.overrides, **self.run_args}.items():
             args += [f"--{key}", str(value)]
         return args
 

@@ -39,6 +39,7 @@ from typing import Any
 
 from tumoraware.pipeline.layout import (
     EVALUATE,
+    EVALUATE_WHOLE,
     INFER,
     MODELS_DIR,
     PRESERVATION,
@@ -60,6 +61,7 @@ __all__ = [
     "READER",
     "SHIPPED",
     "SYNTHESIS_MODELS",
+    "WHOLE_SPLITS",
     "Method",
     "preservation_name",
     "seeds_stages",
@@ -96,6 +98,8 @@ METHODS: tuple[Method, ...] = (
            "masked_cyclegan", "synthetic_only"),
 )  # fmt: skip
 EVAL_SPLITS = ("mri_validation", "mri_test")
+WHOLE_SPLITS = ("mri_test",)
+"""Splits each method is also evaluated on as whole volumes (no expert position given)."""
 PRESERVATION_SPLITS = ("ct_train", "ct_test")
 """CT splits whose synthetic MRI the reader reads: what segmentation trains on, and held-out CT."""
 READER = "week_one_only"
@@ -222,6 +226,18 @@ def study_stages(
                      "method_name": method.title, "seed": seed,
                      "slice_cache_dir": layout.slice_cache},
                     after=[train.name], outputs=["summary.json", "fig4_panels.png"],
+                )
+            )  # fmt: skip
+        for split in WHOLE_SPLITS:
+            whole = StageAddress(seed, SEGMENTATION, method.key, EVALUATE_WHOLE, split)
+            stages.append(
+                stage(
+                    whole, segmentation,
+                    ["configs/inference.json", "configs/evaluate_whole.json", *prof],
+                    {"mri_manifest": data["mri_manifest"], "eval_split": split,
+                     "ckpt_path": layout.weights(seed, SEGMENTATION, method.key),
+                     "output_dir": layout.stage_dir(whole), "method_name": method.title},
+                    after=[train.name], outputs=["summary.json", "preservation.json"],
                 )
             )  # fmt: skip
     reader = StageAddress(seed, SEGMENTATION, READER, TRAIN)
