@@ -176,6 +176,12 @@ def test_inference_on_real_files_keeps_their_shape_and_geometry(tmp_path, traine
         assert mask.shape == _without_trailing_ones(reference.shape), name
         np.testing.assert_allclose(mask.affine, reference.affine.numpy(), atol=1e-4)
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+    # the DICOM series folder (only it) also gets DICOM SEG + RTSTRUCT, unless nothing was found
+    dicom = sorted(p.name for p in (tmp_path / "inf").glob("*.dcm"))
+    if np.asarray(nib.load(by_name["mr_small_series_seg.nii.gz"]).dataobj).any():
+        assert dicom == ["mr_small_series_rtstruct.dcm", "mr_small_series_seg.dcm"]
+    else:
+        assert dicom == []
 
 
 def test_inference_of_a_corrupt_file_names_it(tmp_path, trained):
