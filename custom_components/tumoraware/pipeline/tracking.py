@@ -66,6 +66,8 @@ def tracked_stages(stages: Sequence[BundleStage], root: Path) -> list[BundleStag
     settings["configs"]["experiment_name"] = experiment_name(root)
     path = Path(root) / SETTINGS_FILE
     write_json_atomic(path, settings)
+    _experiment_id(_client(root), root)  # create the store here: stages that start at once
+    # would otherwise race to create its tables (SQLite "duplicate column" in the migration)
     out = []
     for stage in stages:
         if stage.address is not None and stage.address.step in (TRAIN, EVALUATE):
