@@ -49,10 +49,10 @@ def demo(root: Path, *extra: str) -> str:
     return result.stdout + result.stderr
 
 
-def killed_demo(root: Path, timeout_s: float = 600.0) -> None:
+def killed_demo(root: Path, *extra: str, timeout_s: float = 600.0) -> None:
     """Start the demo and SIGKILL its process group once FIRST_STAGES have finished."""
     markers = [root / f"study/seed0/synthesis/{s}/stage.json" for s in FIRST_STAGES]
-    proc = subprocess.Popen(demo_args(root), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*demo_args(root), *extra], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + timeout_s
     try:
@@ -68,7 +68,7 @@ def killed_demo(root: Path, timeout_s: float = 600.0) -> None:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("demo")
-    killed_demo(root)
+    killed_demo(root, "--tracking", "mlflow")  # both runs tracked: every stage has its run
     resumed = demo(root, "--tracking", "mlflow")  # tracking changes no stage's hash
     return {"root": root, "out": root / "study", "log": resumed}
 
@@ -132,8 +132,8 @@ def test_a_second_run_skips_everything(study):
 
 
 def test_tracking_puts_the_study_in_one_mlflow_experiment(study):
-    """The resumed run tracked every stage it ran: each training and evaluation a run tagged
-    with its seed, method and step, with its losses or metrics; and a ``table1`` run."""
+    """Every training and evaluation stage, in the killed run or the resumed one, has a run
+    tagged with its seed, method and step, with its losses or metrics; and a ``table1`` run."""
     mlflow = pytest.importorskip("mlflow", reason="the `tracking` extra is not installed")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{study['out'] / 'mlruns.db'}")
     (experiment,) = [e for e in client.search_experiments() if e.name == "tumoraware_study"]

@@ -118,7 +118,8 @@ def test_the_pins_come_from_the_shipped_requirements_file():
 def test_the_monai16_recipe_installs_monai_label_as_users_do(tmp_path):
     steps = _steps("monai16")
     assert steps[0] == _steps()[0], "one torch pair for both environments"
-    assert steps[1][1] == [f"monailabel=={MONAILABEL_VERSION}"]  # with its dependencies
+    # with its dependencies, and pydicom<3: plain 0.8.5 resolves pydicom 3 and cannot start
+    assert steps[1][1] == [f"monailabel=={MONAILABEL_VERSION}", "pydicom<3"]
     pinned_monai = [a for _, args in steps for a in args if a.split("[")[0].startswith("monai=")]
     assert not pinned_monai and monailabel_version("monai16") == MONAILABEL_VERSION
     assert env_key(recipe="monai16").startswith(f"monailabel-{MONAILABEL_VERSION}-monai16-py")

@@ -43,6 +43,7 @@ from tumoraware.pipeline.study import (
     PRESERVATION_SPLITS,
     REAL_MRI,
     SYNTHESIS_MODELS,
+    WHOLE_SPLITS,
 )
 from tumoraware.visualize.panels import CasePanel, save_case_panel
 
@@ -184,6 +185,17 @@ def _write_numbers(root: Path, seed: int, dsc: dict[str, float], kl: dict[str, f
             cases = [{"case": f"case{i}", "val_mean_dice": dice + d, "val_hd95": 9.0}
                      for i, d in enumerate(SPREAD)]  # fmt: skip
             (folder / "summary.json").write_text(json.dumps({"metrics": metrics, "cases": cases}))
+        for split in WHOLE_SPLITS:  # whole volumes: lower Dice, three tumours in four found
+            folder = StudyLayout(root).whole_evaluation(seed, method.key, split)
+            folder.mkdir(parents=True, exist_ok=True)
+            metrics = {"val_mean_dice": {"mean": 0.3, "std": 0.2},
+                       "val_hd95": {"mean": 30.0, "std": 9.0}}  # fmt: skip
+            cases = [{"case": f"case{i}", "val_mean_dice": 0.3 + d, "val_hd95": 30.0}
+                     for i, d in enumerate(SPREAD)]  # fmt: skip
+            (folder / "summary.json").write_text(json.dumps({"metrics": metrics, "cases": cases}))
+            (folder / "preservation.json").write_text(
+                json.dumps({"overall": {"detection_rate": 0.75}})
+            )
     for model in SYNTHESIS_MODELS:
         folder = StudyLayout(root).synthesis_evaluation(seed, model)
         folder.mkdir(parents=True, exist_ok=True)
@@ -485,6 +497,9 @@ def test_report_has_claims_and_figures(tmp_path):
     assert "| tumour_aware_semi_supervised ≥ 0.80 | +0.007 [" in markdown
     assert "(n = 3 seeds × 5 cases) | ✓ (claim **holds**) |" in markdown
     assert saved["schedule"] == schedule
+    # whole-volume columns beside the region protocol's: Dice 0.30 ± 0.00 over seeds, 75 % found
+    assert "| Test whole DSC | Test whole HD95 (mm) | Test whole detected |" in markdown
+    assert "| 0.30 ± 0.00 | 30.0 ± 0.0 | 75 % |" in markdown
     machine = saved["machine"]  # the CPU is named: the same seeds give other numbers elsewhere
     assert machine["processor"] and machine["cores"] >= 1
     assert f"{machine['processor']}, {machine['cores']} cores" in markdown
