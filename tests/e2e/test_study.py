@@ -147,6 +147,8 @@ def test_tracking_puts_the_study_in_one_mlflow_experiment(study):
             assert evaluation.data.tags["split"] == split
             assert 0.0 <= evaluation.data.metrics["val_mean_dice"] <= 1.0
     table = runs["table1"]
+    assert table.info.artifact_uri.startswith((study["out"] / "mlartifacts").as_uri())
+    assert {a.path for a in client.list_artifacts(table.info.run_id)} >= {"report.md", "table1.csv"}
     report = json.loads((study["out"] / "report.json").read_text())
     row = report["rows"][0]
     logged = table.data.metrics[f"{row['method']}__mri_test__val_mean_dice"]

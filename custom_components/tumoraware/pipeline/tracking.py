@@ -26,6 +26,7 @@ __all__ = ["TRACKERS", "log_table", "tag_runs", "tracked_stages", "tracking_uri"
 TRACKERS = ("mlflow",)
 SETTINGS_FILE = "tracking.json"
 STORE_FILE = "mlruns.db"
+ARTIFACTS_DIR = "mlartifacts"
 TABLE_RUN = "table1"
 
 
@@ -84,10 +85,13 @@ def _client(root: Path) -> Any:
 
 
 def _experiment_id(client: Any, root: Path) -> str:
+    """The study's experiment, created with its artifacts in the study folder (MLflow's default
+    for a SQLite store is ``./mlruns`` in whatever folder the command runs from)."""
     experiment = client.get_experiment_by_name(experiment_name(root))
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(experiment_name(root))
+    artifacts = (Path(root).resolve() / ARTIFACTS_DIR).as_uri()
+    return client.create_experiment(experiment_name(root), artifact_location=artifacts)
 
 
 def tag_runs(root: Path, stages: Sequence[BundleStage]) -> int:
