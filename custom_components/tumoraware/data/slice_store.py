@@ -367,9 +367,8 @@ class SliceStore(Sequence):
         with _locked(
             self.folder / "build.lock", f"waiting for another process building {self.folder}"
         ):
-            self._build(data, progress)
-        self._index = [self._read_index(i) for i in range(len(data))]
-        self.samples: list[dict] = [s for entry in self._index for s in entry["samples"]]
+            index = self._build(data, progress)
+        self.samples: list[dict] = [s for entry in index for s in entry["samples"]]
         if not self.samples:
             raise ValueError(
                 f"SliceStore: expected at least one slice, got none from {len(data)} volume(s). "
@@ -396,28 +395,29 @@ class SliceStore(Sequence):
         return entry if isinstance(entry, dict) and entry.get("schema") == SCHEMA else None
 
     # -- build ------------------------------------------------------------------------------
-    def _committed(self, n: int) -> int:
-        """How many volumes, from the first, are committed and covered by the payload."""
+    def _committed(self, n: int) -> list[dict]:
+        """The index entries of the volumes, from the first, that are committed and covered by
+        the payload (the first missing, damaged or stale one ends the list)."""
         size = self.payload_path.stat().st_size if self.payload_path.exists() else 0
-        done = 0
+        entries: list[dict] = []
         for volume in range(n):
             entry = self._read_index(volume)
             if entry is None or entry["end"] > size or entry["key"] != self.item_keys[volume]:
                 break
-            done += 1
-        return done
+            entries.append(entry)
+        return entries
 
-    def _build(self, data: list[dict], progress: bool) -> None:
-        done = self._committed(len(data))
+    def _build(self, data: list[dict], progress: bool) -> list[dict]:
+        """Cut the volumes not yet committed; returns the index entry of every volume."""
+        index = self._committed(len(data))
+        done = len(index)
         if done == len(data):
-            return
+            return index
         start = time.perf_counter()
-        end = self._read_index(done - 1)["end"] if done else 0
+        end = index[-1]["end"] if index else 0
         randoms = _random_members(self.tail)
-        if done:  # continue the random stream where the last committed volume left it
-            for member, state in zip(
-                randoms, self._read_index(done - 1)["random_states"], strict=True
-            ):
+        if index:  # continue the random stream where the last committed volume left it
+            for member, state in zip(randoms, index[-1]["random_states"], strict=True):
                 member.R.set_state(state)
         for stale in range(done, len(data)):
             self._index_path(stale).unlink(missing_ok=True)
@@ -451,14 +451,16 @@ class SliceStore(Sequence):
                     "random_states": [m.R.get_state() for m in randoms],
                 }
                 self._commit_index(volume, entry)
+                index.append(entry)
                 end = offset
                 bar.update(1)
         bar.close()
         write_json_atomic(self.folder / "store.json", {
             "schema": SCHEMA, "volumes": len(data), "bytes": end,
-            "samples": sum(len(self._read_index(v)["samples"]) for v in range(len(data))),
+            "samples": sum(len(entry["samples"]) for entry in index),
             "build_s": round(time.perf_counter() - start, 3), "resumed_from_volume": done,
         })  # fmt: skip
+        return index
 
     def _commit_index(self, volume: int, entry: dict) -> None:
         path = self._index_path(volume)

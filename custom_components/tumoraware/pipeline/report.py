@@ -89,6 +89,24 @@ def _fmt(mean: float, std: float, digits: int) -> str:
     return "n/a" if not math.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _metric_cells(
+    row: dict[str, Any], prefix: str, folders: Sequence[Path], seeds: Sequence[int]
+) -> None:
+    """``row[f"{prefix}/{metric}"]`` for every Table-1 metric, from each seed's
+    ``summary.json`` in ``folders``: mean and std (over cases for one seed, over the seeds'
+    means for several), per-seed means and per-case values."""
+    summaries = [_read(folder / "summary.json") for folder in folders]
+    for metric, _ in METRICS:
+        means = [summary["metrics"][metric]["mean"] for summary in summaries]
+        stds = [summary["metrics"][metric]["std"] for summary in summaries]
+        mean, std = _cell(means, stds)
+        row[f"{prefix}/{metric}"] = {
+            "mean": mean, "std": std, "per_seed": means,
+            "per_case": {str(seed): _case_values(summary, metric)
+                         for seed, summary in zip(seeds, summaries, strict=True)},
+        }  # fmt: skip
+
+
 def _whole_cells(
     row: dict[str, Any], layout: StudyLayout, method: str, split: str, seeds: Sequence[int]
 ) -> None:
@@ -96,23 +114,10 @@ def _whole_cells(
     from the stage's ``summary.json``, the share of tumours detected from its
     ``preservation.json``; mean over cases per seed, then over seeds."""
     folders = [layout.whole_evaluation(seed, method, split) for seed in seeds]
-    summaries = [_read(folder / "summary.json") for folder in folders]
-    detections = [_read(folder / "preservation.json")["overall"] for folder in folders]
-    for metric, _ in METRICS:
-        means = [summary["metrics"][metric]["mean"] for summary in summaries]
-        stds = [summary["metrics"][metric]["std"] for summary in summaries]
-        mean, std = _cell(means, stds)
-        row[f"{WHOLE}{split}/{metric}"] = {
-            "mean": mean, "std": std, "per_seed": means,
-            "per_case": {str(seed): _case_values(summary, metric)
-                         for seed, summary in zip(seeds, summaries, strict=True)},
-        }  # fmt: skip
-    rates = [d.get("detection_rate") for d in detections]
-    mean, _ = _cell(rates, [None] * len(rates))
-    row[f"{WHOLE}{split}/{DETECTED}"] = {
-        "mean": mean, "std": float(np.std(rates)) if len(rates) > 1 else math.nan,
-        "per_seed": rates,
-    }  # fmt: skip
+    _metric_cells(row, f"{WHOLE}{split}", folders, seeds)
+    rates = [_read(folder / "preservation.json")["overall"]["detection_rate"] for folder in folders]
+    mean, std = _cell(rates, [None] * len(rates))
+    row[f"{WHOLE}{split}/{DETECTED}"] = {"mean": mean, "std": std, "per_seed": rates}
 
 
 def build_report(
@@ -133,18 +138,8 @@ def build_report(
     for method in METHODS:
         row: dict[str, Any] = {"method": method.key, "title": method.title}
         for split in EVAL_SPLITS:
-            summaries = [
-                _read(layout.evaluation(seed, method.key, split) / "summary.json") for seed in seeds
-            ]
-            for metric, _ in METRICS:
-                means = [summary["metrics"][metric]["mean"] for summary in summaries]
-                stds = [summary["metrics"][metric]["std"] for summary in summaries]
-                mean, std = _cell(means, stds)
-                row[f"{split}/{metric}"] = {
-                    "mean": mean, "std": std, "per_seed": means,
-                    "per_case": {str(seed): _case_values(summary, metric)
-                                 for seed, summary in zip(seeds, summaries, strict=True)},
-                }  # fmt: skip
+            folders = [layout.evaluation(seed, method.key, split) for seed in seeds]
+            _metric_cells(row, split, folders, seeds)
         for split in WHOLE_SPLITS:
             _whole_cells(row, layout, method.key, split, seeds)
         rows.append(row)
