@@ -1,7 +1,8 @@
 """Masks out as DICOM SEG and RTSTRUCT, read back and compared voxel for voxel.
 
 Series are written by :mod:`tests.dicom_factory` (axial and oblique, non-square) or come from
-pydicom's own test files (a real MR slice, a real 5-slice CT; nobody here wrote them). The SEG
+pydicom's and pydicom-data's test files (real MR slices from Siemens and Philips scanners, a
+real 5-slice CT, a real Enhanced MR multi-frame file; nobody here wrote them). The SEG
 is read back with highdicom, the RTSTRUCT with our own reader (:mod:`.rtstruct`, even-odd fill
 at pixel centres), so writer and reader are checked to agree, holes and islands included. When
 David Clunie's ``dciodvfy`` is installed (Debian: ``apt-get install dicom3tools``) the outputs
@@ -10,6 +11,7 @@ are also checked against the standard's IODs.
 
 from __future__ import annotations
 
+import importlib.resources
 import shutil
 import subprocess
 import warnings
@@ -44,6 +46,8 @@ MODEL, VERSION = "lung_mri_tumor_segmentation", "0.1.0-test"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 TEST_FILES = Path(get_testdata_file("MR_small.dcm")).parent
 REAL_CT = TEST_FILES / "dicomdirtests" / "98892001" / "CT5N"  # 5 slices, files in reverse order
+# pydicom-data (a test dependency, from PyPI): read from the installed package, never downloaded
+PYDICOM_DATA = Path(str(importlib.resources.files("data_store") / "data"))
 
 AXIAL = Geometry(
     rows=48, cols=64, pixel_spacing=(1.5, 2.0), origin=(-61.3, -35.2, -12.5),
@@ -198,6 +202,43 @@ def test_real_mr_slice_round_trips(real_mr, tmp_path):
     assert dice(back, mask) >= 0.99
     np.testing.assert_array_equal(back, mask)
     assert pydicom.dcmread(rs).PatientID == pydicom.dcmread(real_mr / "MR_small.dcm").PatientID
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["MR-SIEMENS-DICOM-WithOverlays.dcm", "MR2_UNCR.dcm"],  # 484² axial; 1024² oblique
+)
+def test_real_scanner_mr_slices_round_trip(name, tmp_path):
+    folder = tmp_path / "mr"
+    folder.mkdir()
+    shutil.copy(PYDICOM_DATA / name, folder)
+    source = pydicom.dcmread(folder / name)
+    rows, cols = int(source.Rows), int(source.Columns)
+    ring = _ring((rows, cols), (rows * 0.43, cols * 0.58), outer=rows / 7, inner=rows / 20)
+    mask = ring.T[:, :, None]  # (cols, rows, 1)
+    seg = write_seg(mask, folder, tmp_path / "seg.dcm", MODEL, VERSION)
+    rs = write_rtstruct(mask, folder, tmp_path / "rs.dcm", MODEL, VERSION)
+    np.testing.assert_array_equal(_seg_pixels(seg, [str(source.SOPInstanceUID)]), mask)
+    back = _read_back_rtstruct(rs, folder)
+    assert dice(back, mask) >= 0.99
+    for written in (pydicom.dcmread(seg), pydicom.dcmread(rs)):
+        assert written.PatientID == source.PatientID
+        assert written.StudyInstanceUID == source.StudyInstanceUID
+        assert written.SeriesInstanceUID != source.SeriesInstanceUID
+
+
+def test_enhanced_multi_frame_mr_is_named_not_called_broken(tmp_path):
+    """pydicom-data's emri_small.dcm: a real Enhanced MR file (10 frames in one file)."""
+    enhanced = tmp_path / "enhanced"
+    enhanced.mkdir()
+    shutil.copy(PYDICOM_DATA / "emri_small.dcm", enhanced)
+    for read in (load_source_series, read_dicom_series):
+        with pytest.raises(DicomError, match=r"emri_small\.dcm: a multi-frame image \(Enhanced MR"):
+            read(enhanced)
+    # beside a classic series it is another series, skipped, not a "truncated" file
+    shutil.copy(TEST_FILES / "MR_small.dcm", enhanced)
+    assert load_source_series(enhanced).shape == (64, 64, 1)
+    assert read_dicom_series(enhanced).array.shape == (64, 64, 1)
 
 
 def test_real_ct_series_round_trips(tmp_path):

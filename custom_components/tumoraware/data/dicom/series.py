@@ -143,12 +143,15 @@ class _FolderScan:
     ``no_pixels`` holds, per series, the files that carry a slice position but no PixelData (a
     slice whose pixels were lost); ``broken`` the files that start like DICOM but do not parse
     (truncated downloads). Both would otherwise be skipped silently and show up, at best, as a
-    missing slice somewhere else.
+    missing slice somewhere else. ``multi_frame`` holds the multi-frame images (Enhanced CT/MR:
+    a whole series in one file, geometry per frame), which this reader does not take: they are
+    named in the "no series" error instead of being called broken.
     """
 
     groups: dict[str, list[pydicom.Dataset]]
     no_pixels: dict[str, list[Path]]
     broken: list[tuple[Path, str]]
+    multi_frame: list[tuple[Path, str]]
 
 
 def _scan(folder: Path) -> _FolderScan:
@@ -157,6 +160,7 @@ def _scan(folder: Path) -> _FolderScan:
     groups: dict[str, list[pydicom.Dataset]] = defaultdict(list)
     no_pixels: dict[str, list[Path]] = defaultdict(list)
     broken: list[tuple[Path, str]] = []
+    multi_frame: list[tuple[Path, str]] = []
     for path in _dicom_files(folder):
         try:
             ds = dcmread_lenient(path, defer_size="1 KB")
@@ -170,10 +174,13 @@ def _scan(folder: Path) -> _FolderScan:
                 groups[str(ds.SeriesInstanceUID)].append(ds)
             else:  # a slice whose pixels are gone, or a file cut off before them
                 no_pixels[str(ds.SeriesInstanceUID)].append(path)
+        elif "PixelData" in ds and int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            sop_class = getattr(ds.get("SOPClassUID"), "name", "an unknown SOP class")
+            multi_frame.append((path, f"{sop_class}, {int(ds.NumberOfFrames)} frames"))
         elif "Image Storage" in str(getattr(ds.get("SOPClassUID"), "name", "")):
             reason = "an image file without SeriesInstanceUID, ImagePositionPatient or PixelData"
             broken.append((path, reason))
-    return _FolderScan(dict(groups), dict(no_pixels), broken)
+    return _FolderScan(dict(groups), dict(no_pixels), broken, multi_frame)
 
 
 def find_series(folder: str | os.PathLike) -> dict[str, list[pydicom.Dataset]]:
@@ -183,6 +190,27 @@ def find_series(folder: str | os.PathLike) -> dict[str, list[pydicom.Dataset]]:
     SR, ...), are skipped.
     """
     return _scan(Path(folder)).groups
+
+
+def no_series_error(scan: _FolderScan, folder: Path, fix: str) -> DicomError:
+    """The error for a folder without a single-frame image series, naming what it does hold.
+
+    A multi-frame (Enhanced) image is the usual surprise: a modern scanner's whole series in one
+    file, which this single-frame reader does not take, so the fix names the export to ask for.
+    """
+    if scan.multi_frame:
+        path, what = scan.multi_frame[0]
+        more = f" (and {len(scan.multi_frame) - 1} more)" if len(scan.multi_frame) > 1 else ""
+        return DicomError(
+            f"{path}: a multi-frame image ({what}){more}; tumoraware reads classic single-frame "
+            "CT/MR series (one file per slice, each with ImagePositionPatient), not multi-frame "
+            "Enhanced images. Fix: export the series from the scanner or PACS as single-frame "
+            "(classic) images, or convert it to NIfTI (e.g. dcm2niix) and run on the NIfTI."
+        )
+    return DicomError(
+        f"{folder}: no DICOM image series found (no file with pixel data and "
+        f"ImagePositionPatient). Fix: {fix}"
+    )
 
 
 def _check_complete(scan: _FolderScan, series_uid: str, folder: Path) -> None:
@@ -213,12 +241,10 @@ def _describe(groups: dict[str, list[pydicom.Dataset]]) -> str:
     )
 
 
-def _select(groups: dict[str, list[pydicom.Dataset]], folder: Path, series_uid: str | None):
+def _select(scan: _FolderScan, folder: Path, series_uid: str | None):
+    groups = scan.groups
     if not groups:
-        raise DicomError(
-            f"{folder}: no DICOM image series found (no file with pixel data and "
-            "ImagePositionPatient). Fix: point to the folder holding the CT/MR slices."
-        )
+        raise no_series_error(scan, folder, "point to the folder holding the CT/MR slices.")
     if series_uid is not None:
         if series_uid not in groups:
             raise DicomError(
@@ -356,7 +382,7 @@ def read_dicom_series(
     """
     folder = Path(folder)
     scan = _scan(folder)
-    slices = _select(scan.groups, folder, series_uid)
+    slices = _select(scan, folder, series_uid)
     _check_complete(scan, str(slices[0].SeriesInstanceUID), folder)
     row_dir, col_dir, row_spacing, col_spacing = _geometry(slices)
     normal = np.cross(col_dir, row_dir)

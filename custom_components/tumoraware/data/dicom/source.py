@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from .series import DicomError, _describe, find_series
+from .series import DicomError, _describe, _scan, no_series_error
 
 __all__ = ["SourceSeries", "check_mask", "load_source_series", "series_description"]
 
@@ -129,12 +129,10 @@ def _from_folder(folder: Path, series_uid: str | None) -> list[pydicom.Dataset]:
             f"{folder}: no such folder. Fix: pass the folder of the DICOM series the mask was "
             "made on."
         )
-    groups = find_series(folder)
+    scan = _scan(folder)
+    groups = scan.groups
     if not groups:
-        raise DicomError(
-            f"{folder}: no DICOM image series found (no file with pixel data and "
-            "ImagePositionPatient). Fix: pass the folder of the series the mask was made on."
-        )
+        raise no_series_error(scan, folder, "pass the folder of the series the mask was made on.")
     if series_uid is not None:
         if series_uid not in groups:
             raise DicomError(
