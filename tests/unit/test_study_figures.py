@@ -446,6 +446,25 @@ def test_preservation_claim_from_per_case_dice():
     assert "preservation_ct_train" not in claims  # no data, no claim
 
 
+def test_whole_volume_claim_compares_the_whole_volume_cases():
+    methods = ("tumour_aware_semi_supervised", "tumour_aware_unsupervised", "cyclegan",
+               "week_one_only")  # fmt: skip
+    rows = _rows({m: [0.5, 0.5, 0.5] for m in methods})  # region DSC: all equal
+    assert "whole_volume_dsc" not in {c["id"] for c in evaluate_claims(rows, _kl(GOOD_KL), [0])}
+    whole = {"tumour_aware_semi_supervised": [0.75, 0.72, 0.74], "cyclegan": [0.6, 0.5, 0.55],
+             "week_one_only": [0.65, 0.73, 0.6]}  # fmt: skip
+    for row in rows:
+        if row["method"] in whole:
+            row["whole_mri_test/val_mean_dice"] = {"per_case": _per_case(whole[row["method"]])}
+    claims = {c["id"]: c for c in evaluate_claims(rows, _kl(GOOD_KL), [0, 1, 2])}
+    versus_week_one, versus_cyclegan = claims["whole_volume_dsc"]["comparisons"]
+    assert versus_cyclegan["holds"] is True  # above in every seed
+    expected = np.mean(whole["tumour_aware_semi_supervised"]) - np.mean(whole["cyclegan"])
+    assert versus_cyclegan["difference"]["mean"] == pytest.approx(expected)
+    assert versus_week_one["holds"] is False  # seed 1: 0.72 against 0.73
+    assert claims["whole_volume_dsc"]["holds"] is False
+
+
 # ------------------------------------------------------------------------------------ report
 
 

@@ -61,6 +61,8 @@ METRICS = (("val_mean_dice", "DSC"), ("val_hd95", "HD95 (mm)"))
 SPLIT_TITLES = {"mri_validation": "Validation", "mri_test": "Test"}
 WHOLE = "whole_"
 """Prefix of a whole-volume column (``whole_mri_test/val_mean_dice``): no expert position given."""
+WHOLE_DSC = f"{WHOLE}mri_test/val_mean_dice"
+"""The whole-volume test DSC cell, whose per-case values the whole-volume claim compares."""
 DETECTED = "detected"
 """Share of the label's 3D tumours that a whole-volume mask covers by >= 10 % of their voxels."""
 
@@ -300,7 +302,9 @@ def evaluate_claims(
     """The paper's claims and ours, each judged by paired bootstrap CIs over cases and seeds.
 
     Inputs are :func:`build_report`'s: ``rows`` (``row["mri_test/val_mean_dice"]["per_case"]``:
-    ``{seed: {case: DSC}}``), ``tumour_kl`` (``[model]["per_case"]``) and ``preservation``
+    ``{seed: {case: DSC}}``, and the same under ``whole_mri_test/`` for whole volumes, whose
+    claim asks whether the paper's best row still wins when nobody places the tumour region),
+    ``tumour_kl`` (``[model]["per_case"]``) and ``preservation``
     (``[model][split]["per_case"]``). Each claim: ``id``, ``claim`` (text), ``comparisons``
     (``a``, ``b``, ``op``, ``difference``: mean and CI of ``a − b``, ``holds``) and ``holds``
     (every comparison holds). A claim whose data is missing has no comparisons and fails.
@@ -336,6 +340,15 @@ def evaluate_claims(
             "Test DSC, synthetic MRI only (ours): tumour-aware ≥ CycleGAN",
             [_comparison(unsupervised, "cyclegan_unsupervised", ">=", dsc[unsupervised],
                          dsc["cyclegan_unsupervised"], seeds)],
+        ))  # fmt: skip
+    whole = {row["method"]: row.get(WHOLE_DSC, {}).get("per_case", {}) for row in rows}
+    if whole.get(semi) and whole.get("week_one_only") and whole.get("cyclegan"):
+        claims.append(_claim(
+            "whole_volume_dsc",
+            "Whole-volume test DSC (ours; no expert position): tumour-aware semi-supervised > "
+            "week one only and > CycleGAN",
+            [_comparison(semi, "week_one_only", ">", whole[semi], whole["week_one_only"], seeds),
+             _comparison(semi, "cyclegan", ">", whole[semi], whole["cyclegan"], seeds)],
         ))  # fmt: skip
     for split in PRESERVATION_SPLITS:
         models = preservation or {}
