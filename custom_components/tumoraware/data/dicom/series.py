@@ -35,9 +35,11 @@ __all__ = [
     "LPS_TO_RAS",
     "DicomError",
     "DicomSeries",
+    "SeriesFixes",
     "dcmread_lenient",
     "find_series",
     "read_dicom_series",
+    "select_series",
 ]
 
 logger = logging.getLogger(__name__)
@@ -131,6 +133,8 @@ def dcmread_lenient(path: str | os.PathLike, **kwargs) -> pydicom.Dataset:
 
 
 def _dicom_files(folder: Path) -> list[Path]:
+    if not folder.exists():
+        raise DicomError(f"{folder}: no such folder. Fix: pass the folder that holds the series.")
     if not folder.is_dir():
         raise DicomError(f"{folder}: not a folder. Fix: pass the folder that holds the series.")
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -183,6 +187,10 @@ def _scan(folder: Path) -> _FolderScan:
     return _FolderScan(dict(groups), dict(no_pixels), broken, multi_frame)
 
 
+def _and_more(items: list) -> str:
+    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+
+
 def find_series(folder: str | os.PathLike) -> dict[str, list[pydicom.Dataset]]:
     """Image datasets under ``folder`` grouped by SeriesInstanceUID (pixel data deferred).
 
@@ -192,7 +200,7 @@ def find_series(folder: str | os.PathLike) -> dict[str, list[pydicom.Dataset]]:
     return _scan(Path(folder)).groups
 
 
-def no_series_error(scan: _FolderScan, folder: Path, fix: str) -> DicomError:
+def _no_series_error(scan: _FolderScan, folder: Path, fix: str) -> DicomError:
     """The error for a folder without a single-frame image series, naming what it does hold.
 
     A multi-frame (Enhanced) image is the usual surprise: a modern scanner's whole series in one
@@ -200,12 +208,12 @@ def no_series_error(scan: _FolderScan, folder: Path, fix: str) -> DicomError:
     """
     if scan.multi_frame:
         path, what = scan.multi_frame[0]
-        more = f" (and {len(scan.multi_frame) - 1} more)" if len(scan.multi_frame) > 1 else ""
         return DicomError(
-            f"{path}: a multi-frame image ({what}){more}; tumoraware reads classic single-frame "
-            "CT/MR series (one file per slice, each with ImagePositionPatient), not multi-frame "
-            "Enhanced images. Fix: export the series from the scanner or PACS as single-frame "
-            "(classic) images, or convert it to NIfTI (e.g. dcm2niix) and run on the NIfTI."
+            f"{path}: a multi-frame image ({what}){_and_more(scan.multi_frame)}; tumoraware reads "
+            "classic single-frame CT/MR series (one file per slice, each with "
+            "ImagePositionPatient), not multi-frame Enhanced images. Fix: export the series from "
+            "the scanner or PACS as single-frame (classic) images, or convert it to NIfTI (e.g. "
+            "dcm2niix) and run on the NIfTI."
         )
     return DicomError(
         f"{folder}: no DICOM image series found (no file with pixel data and "
@@ -226,10 +234,10 @@ def _check_complete(scan: _FolderScan, series_uid: str, folder: Path) -> None:
         )
     if scan.broken:
         path, reason = scan.broken[0]
-        more = f" (and {len(scan.broken) - 1} more)" if len(scan.broken) > 1 else ""
         raise DicomError(
-            f"{path}: a DICOM file that cannot be read ({reason}){more}; it is probably "
-            "truncated. Fix: re-download it, or remove it if it does not belong to the series."
+            f"{path}: a DICOM file that cannot be read ({reason}){_and_more(scan.broken)}; it is "
+            "probably truncated. Fix: re-download it, or remove it if it does not belong to the "
+            "series."
         )
 
 
@@ -241,23 +249,52 @@ def _describe(groups: dict[str, list[pydicom.Dataset]]) -> str:
     )
 
 
-def _select(scan: _FolderScan, folder: Path, series_uid: str | None):
+@dataclass(frozen=True)
+class SeriesFixes:
+    """What to tell the user when a folder does not give exactly one series: the reader and the
+    DICOM writers are driven by different options, so each names its own fix."""
+
+    none: str
+    unknown: str
+    several: str
+
+
+_READ_FIXES = SeriesFixes(
+    none="point to the folder holding the CT/MR slices.",
+    unknown="pass the folder of the series the RTSTRUCT references, or one of these "
+    "SeriesInstanceUIDs.",
+    several="pass series_uid, or an RTSTRUCT (its referenced series is used).",
+)
+
+
+def select_series(
+    folder: str | os.PathLike, series_uid: str | None, fixes: SeriesFixes = _READ_FIXES
+) -> tuple[_FolderScan, list[pydicom.Dataset]]:
+    """The one image series in ``folder`` (the one ``series_uid`` names, if several), with the
+    scan it came from (for :func:`_check_complete`); pixel data deferred.
+
+    Raises:
+        DicomError: a missing folder, no single-frame series (naming a multi-frame file if one
+            is there), an unknown ``series_uid``, several series and no ``series_uid``.
+    """
+    folder = Path(folder)
+    scan = _scan(folder)
     groups = scan.groups
     if not groups:
-        raise no_series_error(scan, folder, "point to the folder holding the CT/MR slices.")
+        raise _no_series_error(scan, folder, fixes.none)
     if series_uid is not None:
         if series_uid not in groups:
             raise DicomError(
-                f"{folder}: series {series_uid} (referenced by the RTSTRUCT) is not in this "
-                f"folder; found: {_describe(groups)}. Fix: pass the referenced series' folder."
+                f"{folder}: series {series_uid} is not in this folder; found: "
+                f"{_describe(groups)}. Fix: {fixes.unknown}"
             )
-        return groups[series_uid]
+        return scan, groups[series_uid]
     if len(groups) > 1:
         raise DicomError(
-            f"{folder}: {len(groups)} series in one folder: {_describe(groups)}. Fix: pass "
-            "series_uid, or an RTSTRUCT (its referenced series is used)."
+            f"{folder}: {len(groups)} series in one folder: {_describe(groups)}. Fix: "
+            f"{fixes.several}"
         )
-    return next(iter(groups.values()))
+    return scan, next(iter(groups.values()))
 
 
 def _geometry(slices: list[pydicom.Dataset]) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -381,8 +418,7 @@ def read_dicom_series(
             without pixel data, a DICOM file in the folder that cannot be parsed.
     """
     folder = Path(folder)
-    scan = _scan(folder)
-    slices = _select(scan, folder, series_uid)
+    scan, slices = select_series(folder, series_uid)
     _check_complete(scan, str(slices[0].SeriesInstanceUID), folder)
     row_dir, col_dir, row_spacing, col_spacing = _geometry(slices)
     normal = np.cross(col_dir, row_dir)

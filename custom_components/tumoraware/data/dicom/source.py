@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from .series import DicomError, _describe, _scan, no_series_error
+from .series import DicomError, SeriesFixes, select_series
 
 __all__ = ["SourceSeries", "check_mask", "load_source_series", "series_description"]
 
@@ -123,30 +123,12 @@ def _file(ds: pydicom.Dataset) -> str:
     return str(getattr(ds, "filename", None) or f"SOPInstanceUID {ds.get('SOPInstanceUID', '?')}")
 
 
-def _from_folder(folder: Path, series_uid: str | None) -> list[pydicom.Dataset]:
-    if not folder.exists():
-        raise DicomError(
-            f"{folder}: no such folder. Fix: pass the folder of the DICOM series the mask was "
-            "made on."
-        )
-    scan = _scan(folder)
-    groups = scan.groups
-    if not groups:
-        raise no_series_error(scan, folder, "pass the folder of the series the mask was made on.")
-    if series_uid is not None:
-        if series_uid not in groups:
-            raise DicomError(
-                f"{folder}: series {series_uid} is not in this folder; found: "
-                f"{_describe(groups)}. Fix: pass one of these SeriesInstanceUIDs."
-            )
-        return groups[series_uid]
-    if len(groups) > 1:
-        raise DicomError(
-            f"{folder}: {len(groups)} series in one folder: {_describe(groups)}. A SEG or "
-            "RTSTRUCT references exactly one series. Fix: pass --series_uid with the one the "
-            "mask was made on, or a folder holding only that series."
-        )
-    return next(iter(groups.values()))
+_SOURCE_FIXES = SeriesFixes(
+    none="pass the folder of the series the mask was made on.",
+    unknown="pass one of these SeriesInstanceUIDs.",
+    several="a SEG or RTSTRUCT references exactly one series: pass --series_uid with the one "
+    "the mask was made on, or a folder holding only that series.",
+)
 
 
 def _one_value(datasets: Sequence[pydicom.Dataset], keyword: str, where: str) -> str:
@@ -235,9 +217,8 @@ def load_source_series(
     if isinstance(source, SourceSeries):
         return source
     if isinstance(source, (str, os.PathLike)):
-        folder = Path(source)
-        datasets = _from_folder(folder, series_uid)
-        return _sorted_stack(datasets, str(folder))
+        _, datasets = select_series(source, series_uid, _SOURCE_FIXES)
+        return _sorted_stack(datasets, str(Path(source)))
     return _sorted_stack(list(source), "the given datasets")
 
 
