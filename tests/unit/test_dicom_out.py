@@ -374,6 +374,19 @@ def test_mixed_series_and_frames_of_reference_are_refused(tmp_path):
         load_source_series(radial)
 
 
+def test_reader_and_writers_refuse_two_slices_at_one_position(tmp_path):
+    """One stacking check for both (``sorted_stack``): a resample must not hide a duplicate."""
+    twice = tmp_path / "twice"
+    first = write_ct_series(twice, AXIAL, name_prefix="A")
+    write_ct_series(twice, AXIAL, name_prefix="B", series_uid=first.series_uid,
+                    study_uid=first.study_uid,
+                    frame_of_reference_uid=first.frame_of_reference_uid)  # fmt: skip
+    for read in (load_source_series, read_dicom_series,
+                 lambda folder: read_dicom_series(folder, allow_gaps=True)):  # fmt: skip
+        with pytest.raises(DicomError, match=r"same slice position .* two acquisitions"):
+            read(twice)
+
+
 def test_names_and_descriptions():
     assert output_paths("o", "series1_seg", ["seg", "rtstruct"]) == {
         "seg": Path("o/series1_seg.dcm"), "rtstruct": Path("o/series1_rtstruct.dcm")

@@ -24,6 +24,7 @@ import logging
 import os
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,10 +37,12 @@ __all__ = [
     "DicomError",
     "DicomSeries",
     "SeriesFixes",
+    "dataset_name",
     "dcmread_lenient",
     "find_series",
     "read_dicom_series",
     "select_series",
+    "sorted_stack",
 ]
 
 logger = logging.getLogger(__name__)
@@ -297,38 +300,72 @@ def select_series(
     return scan, next(iter(groups.values()))
 
 
-def _geometry(slices: list[pydicom.Dataset]) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """IOP row/column directions and pixel spacings, checked to agree across the series."""
+def dataset_name(ds: pydicom.Dataset) -> str:
+    """The file a dataset was read from, or its SOPInstanceUID when it was built in memory."""
+    return str(getattr(ds, "filename", None) or f"SOPInstanceUID {ds.get('SOPInstanceUID', '?')}")
+
+
+def sorted_stack(
+    slices: Sequence[pydicom.Dataset],
+) -> tuple[list[pydicom.Dataset], SliceStack]:
+    """The slices sorted along their normal, and their geometry, checked to form one stack.
+
+    Shared by the reader (pixels follow) and the DICOM writers (headers only), so both refuse
+    the same things: a missing geometry tag, mixed orientations or sizes, two slices at one
+    position. Gaps are not checked here: the writers reference the acquired slices as they are.
+
+    Raises:
+        DicomError: naming the offending file and the fix.
+    """
     first = slices[0]
-    for tag in ("ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
-        if tag not in first:
-            raise DicomError(f"{first.filename}: missing {tag}. Fix: re-export the series.")
+    for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
+                "Columns"):  # fmt: skip
+        missing = [ds for ds in slices if tag not in ds]
+        if missing:
+            raise DicomError(
+                f"{dataset_name(missing[0])}: missing {tag}, which places the slice in the "
+                "patient. Fix: re-export the series."
+            )
     iop = np.asarray(first.ImageOrientationPatient, dtype=float)
-    spacing = np.asarray(first.PixelSpacing, dtype=float)
     for ds in slices[1:]:
-        other = np.asarray(ds.get("ImageOrientationPatient", iop), dtype=float)
+        other = np.asarray(ds.ImageOrientationPatient, dtype=float)
         if np.abs(other - iop).max() > _IOP_TOLERANCE:
             raise DicomError(
-                f"{ds.filename}: ImageOrientationPatient {other.tolist()} differs from "
-                f"{first.filename}'s {iop.tolist()}: the series mixes orientations (e.g. a "
-                "scout or a reformat). Fix: remove the odd files or export one orientation."
+                f"{dataset_name(ds)}: ImageOrientationPatient {other.tolist()} differs from "
+                f"{dataset_name(first)}'s {iop.tolist()}: the series mixes images of different "
+                "orientations (e.g. a scout or a reformat). Fix: remove the odd files or export "
+                "one orientation."
             )
         if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
             raise DicomError(
-                f"{ds.filename}: {ds.Rows}×{ds.Columns} pixels, but {first.filename} has "
-                f"{first.Rows}×{first.Columns}. Fix: remove files that belong to another series."
+                f"{dataset_name(ds)}: {ds.Rows}×{ds.Columns} pixels, but {dataset_name(first)} "
+                f"has {first.Rows}×{first.Columns}: the series mixes images of different sizes. "
+                "Fix: remove files that belong to another series."
             )
     col_dir, row_dir = iop[:3], iop[3:]
-    return row_dir, col_dir, float(spacing[0]), float(spacing[1])
+    normal = np.cross(col_dir, row_dir)
+    origins = np.array([np.asarray(ds.ImagePositionPatient, dtype=float) for ds in slices])
+    order = np.argsort(origins @ normal, kind="stable")
+    slices, origins = [slices[k] for k in order], origins[order]
+    positions = origins @ normal
+    for k in np.nonzero(np.diff(positions) < _DUPLICATE_MM)[0]:
+        raise DicomError(
+            f"{dataset_name(slices[k + 1])}: same slice position ({positions[k]:.3f} mm along "
+            f"the normal) as {dataset_name(slices[k])}. Fix: the series holds two acquisitions; "
+            "keep one."
+        )
+    spacing = np.asarray(first.PixelSpacing, dtype=float)
+    stack = SliceStack(
+        origins, positions, tuple(str(ds.get("SOPInstanceUID", "")) for ds in slices), row_dir,
+        col_dir, normal, float(spacing[0]), float(spacing[1]), int(first.Rows),
+        int(first.Columns),
+    )  # fmt: skip
+    return slices, stack
 
 
 def _check_spacing(positions: np.ndarray, files: list[str], folder: Path) -> None:
+    """Refuse missing slices or uneven spacing (positions sorted, no duplicates)."""
     steps = np.diff(positions)
-    for k in np.nonzero(steps < _DUPLICATE_MM)[0]:
-        raise DicomError(
-            f"{files[k + 1]}: same slice position ({positions[k]:.3f} mm along the normal) as "
-            f"{files[k]}. Fix: the folder holds two acquisitions; keep one."
-        )
     regular = float(np.median(steps))
     for k in np.nonzero(np.abs(steps - regular) > _GAP_TOLERANCE * regular)[0]:
         missing = round(steps[k] / regular) - 1
@@ -420,12 +457,8 @@ def read_dicom_series(
     folder = Path(folder)
     scan, slices = select_series(folder, series_uid)
     _check_complete(scan, str(slices[0].SeriesInstanceUID), folder)
-    row_dir, col_dir, row_spacing, col_spacing = _geometry(slices)
-    normal = np.cross(col_dir, row_dir)
-    origins = np.array([np.asarray(ds.ImagePositionPatient, dtype=float) for ds in slices])
-    order = np.argsort(origins @ normal, kind="stable")
-    slices, origins = [slices[k] for k in order], origins[order]
-    positions = origins @ normal
+    slices, stack = sorted_stack(slices)
+    origins, positions, normal = stack.origins, stack.positions, stack.normal
     files = [str(ds.filename) for ds in slices]
     modality = str(slices[0].get("Modality", ""))
     if len(slices) > 1:
@@ -437,10 +470,6 @@ def read_dicom_series(
             logger.warning("%s; resampling onto a uniform grid (--allow_gaps).", gap)
     as_hu = modality == "CT"
     array = _volume(slices, as_hu)
-    stack = SliceStack(
-        origins, positions, tuple(str(ds.SOPInstanceUID) for ds in slices), row_dir, col_dir,
-        normal, row_spacing, col_spacing, int(slices[0].Rows), int(slices[0].Columns),
-    )  # fmt: skip
     step = (
         (origins[-1] - origins[0]) / (len(slices) - 1)
         if len(slices) > 1
@@ -458,7 +487,8 @@ def read_dicom_series(
     if as_hu and array.dtype != np.int16:
         array = np.clip(np.rint(array), -32768, 32767).astype(np.int16)
     affine = np.eye(4)
-    affine[:3, 0], affine[:3, 1] = col_dir * col_spacing, row_dir * row_spacing
+    affine[:3, 0] = stack.col_dir * stack.col_spacing
+    affine[:3, 1] = stack.row_dir * stack.row_spacing
     affine[:3, 2], affine[:3, 3] = step, origins[0]
     return DicomSeries(
         array=array,

@@ -3,7 +3,7 @@
 DICOM outputs (SEG, RTSTRUCT) reference the source series instance by instance, so they need
 the source's headers in slice order, not its pixels: :func:`load_source_series` reads headers
 only (a folder, or datasets already in memory), checks that they form one series in one frame
-of reference, and sorts the slices along the normal as :mod:`.series` does. :func:`check_mask`
+of reference, and stacks them with the reader's own :func:`.series.sorted_stack`. :func:`check_mask`
 turns a mask (numpy or torch, NIfTI voxel order) into the uint8 array both writers take, or
 says why it cannot be written.
 
@@ -22,12 +22,10 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from .series import DicomError, SeriesFixes, select_series
+from .series import DicomError, SeriesFixes, dataset_name, select_series, sorted_stack
 
 __all__ = ["SourceSeries", "check_mask", "load_source_series", "series_description"]
 
-_IOP_TOLERANCE = 1e-4  # as series.py: direction cosines further apart mean another orientation
-_DUPLICATE_MM = 1e-3
 _UNIFORM_TOLERANCE = 0.05  # a step more than 5 % off the mean one is a gap or uneven spacing
 _LO_LENGTH = 64  # DICOM Long String (SeriesDescription, ManufacturerModelName, AlgorithmName)
 
@@ -110,17 +108,13 @@ class SourceSeries:
         if off[k] > _UNIFORM_TOLERANCE * float(np.linalg.norm(step)):
             raise DicomError(
                 f"{self.where}: the slices are not evenly spaced (slice {k}, "
-                f"{_file(self.datasets[k])}, lies {off[k]:.3f} mm off the even grid): a slice "
-                "is missing or the spacing varies, so no NIfTI grid matches the series. Fix: "
+                f"{dataset_name(self.datasets[k])}, lies {off[k]:.3f} mm off the even grid): a "
+                "slice is missing or the spacing varies, so no NIfTI grid matches the series. Fix: "
                 "re-download the complete series, or pass the mask as an array on the acquired "
                 "slices (tumoraware.data.dicom.seg_writer / rtstruct_writer)."
             )
         affine[:3, 2] = step
         return affine
-
-
-def _file(ds: pydicom.Dataset) -> str:
-    return str(getattr(ds, "filename", None) or f"SOPInstanceUID {ds.get('SOPInstanceUID', '?')}")
 
 
 _SOURCE_FIXES = SeriesFixes(
@@ -138,63 +132,38 @@ def _one_value(datasets: Sequence[pydicom.Dataset], keyword: str, where: str) ->
         value = str(ds.get(keyword, "") or "")
         if not value:
             raise DicomError(
-                f"{_file(ds)}: no {keyword}; a SEG or RTSTRUCT cannot reference the series "
+                f"{dataset_name(ds)}: no {keyword}; a SEG or RTSTRUCT cannot reference the series "
                 "without it. Fix: re-export the series from the scanner or PACS."
             )
         values.setdefault(value, ds)
     if len(values) > 1:
         (a, first), (b, other) = list(values.items())[:2]
         raise DicomError(
-            f"{where}: mixed {keyword}s: {_file(first)} has {a}, {_file(other)} has {b} "
-            f"({len(values)} in all). A SEG or RTSTRUCT references one series in one frame of "
+            f"{where}: mixed {keyword}s: {dataset_name(first)} has {a}, {dataset_name(other)} has "
+            f"{b} ({len(values)} in all). A SEG or RTSTRUCT references one series in one frame of "
             "reference. Fix: pass the slices of one series only."
         )
     return next(iter(values))
 
 
-def _sorted_stack(datasets: Sequence[pydicom.Dataset], where: str) -> SourceSeries:
+def _source_series(datasets: Sequence[pydicom.Dataset], where: str) -> SourceSeries:
     """Check one series, one frame of reference, one orientation and size; sort the slices."""
     if not datasets:
         raise DicomError(f"{where}: no datasets given. Fix: pass the slices of the series.")
     _one_value(datasets, "SeriesInstanceUID", where)
     _one_value(datasets, "FrameOfReferenceUID", where)
-    first = datasets[0]
-    for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
-                "Columns", "SOPInstanceUID", "SOPClassUID"):  # fmt: skip
+    for tag in ("SOPInstanceUID", "SOPClassUID"):
         missing = [ds for ds in datasets if tag not in ds]
         if missing:
             raise DicomError(
-                f"{_file(missing[0])}: missing {tag}, which a SEG or RTSTRUCT needs to place "
-                "the mask. Fix: re-export the series."
+                f"{dataset_name(missing[0])}: missing {tag}, which a SEG or RTSTRUCT needs to "
+                "reference the slice. Fix: re-export the series."
             )
-    iop = np.asarray(first.ImageOrientationPatient, dtype=float)
-    for ds in datasets[1:]:
-        other = np.asarray(ds.ImageOrientationPatient, dtype=float)
-        if np.abs(other - iop).max() > _IOP_TOLERANCE or (ds.Rows, ds.Columns) != (
-            first.Rows,
-            first.Columns,
-        ):
-            raise DicomError(
-                f"{_file(ds)}: orientation {other.tolist()} and size {ds.Rows}×{ds.Columns} "
-                f"differ from {_file(first)}'s {iop.tolist()}, {first.Rows}×{first.Columns}: "
-                "the series mixes images (a scout, a reformat). Fix: remove the odd files."
-            )
-    col_dir, row_dir = iop[:3], iop[3:]
-    normal = np.cross(col_dir, row_dir)
-    origins = np.array([np.asarray(ds.ImagePositionPatient, dtype=float) for ds in datasets])
-    order = np.argsort(origins @ normal, kind="stable")
-    datasets, origins = [datasets[k] for k in order], origins[order]
-    steps = np.diff(origins @ normal)
-    for k in np.nonzero(steps < _DUPLICATE_MM)[0]:
-        raise DicomError(
-            f"{_file(datasets[k + 1])}: same slice position as {_file(datasets[k])}. Fix: the "
-            "series holds two acquisitions; pass one."
-        )
-    spacing = np.asarray(first.PixelSpacing, dtype=float)
+    datasets, stack = sorted_stack(datasets)
     return SourceSeries(
-        datasets=tuple(datasets), origins=origins, col_dir=col_dir, row_dir=row_dir,
-        col_spacing=float(spacing[1]), row_spacing=float(spacing[0]), n_rows=int(first.Rows),
-        n_cols=int(first.Columns), where=where,
+        datasets=tuple(datasets), origins=stack.origins, col_dir=stack.col_dir,
+        row_dir=stack.row_dir, col_spacing=stack.col_spacing, row_spacing=stack.row_spacing,
+        n_rows=stack.n_rows, n_cols=stack.n_cols, where=where,
     )  # fmt: skip
 
 
@@ -218,8 +187,8 @@ def load_source_series(
         return source
     if isinstance(source, (str, os.PathLike)):
         _, datasets = select_series(source, series_uid, _SOURCE_FIXES)
-        return _sorted_stack(datasets, str(Path(source)))
-    return _sorted_stack(list(source), "the given datasets")
+        return _source_series(datasets, str(Path(source)))
+    return _source_series(list(source), "the given datasets")
 
 
 def check_mask(mask: Any, source: SourceSeries, name: str = "mask") -> np.ndarray:
